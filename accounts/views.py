@@ -1,0 +1,100 @@
+"""Login, home and session-data views. Logout is Django's own `LogoutView` (POST only)."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.contrib.auth.views import LoginView
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.forms import LoginForm, SessionExpiryForm, SessionKeyForm, SessionSetForm
+
+
+class SessionLoginView(LoginView):
+    """Django's login view; "Keep me signed in" decides how long the session lives."""
+
+    form_class = LoginForm
+
+    def form_valid(self, form: LoginForm) -> HttpResponse:
+        response = super().form_valid(form)  # logs in: new session key, new login id
+        # None: SESSION_COOKIE_AGE. 0: the session ends when the browser closes.
+        self.request.session.set_expiry(None if form.cleaned_data["remember"] else 0)
+        return response
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "home.html")
+
+
+def session_data(request: HttpRequest) -> HttpResponse:
+    return _render_session_page(request)
+
+
+@require_POST
+def session_set(request: HttpRequest) -> HttpResponse:
+    form = SessionSetForm(request.POST)
+    if not form.is_valid():
+        return _render_session_page(request, set_form=form, status=400)
+    request.session[form.cleaned_data["key"]] = form.cleaned_data["value"]
+    messages.success(request, f"Set {form.cleaned_data['key']}.")
+    return redirect("session_data")
+
+
+@require_POST
+def session_delete(request: HttpRequest) -> HttpResponse:
+    form = SessionKeyForm(request.POST)
+    if form.is_valid() and form.cleaned_data["key"] not in request.session:
+        form.add_error("key", "The session has no such key.")
+    if not form.is_valid():
+        return _render_session_page(request, delete_form=form, status=400)
+    del request.session[form.cleaned_data["key"]]
+    messages.success(request, f"Deleted {form.cleaned_data['key']}.")
+    return redirect("session_data")
+
+
+@require_POST
+def session_clear(request: HttpRequest) -> HttpResponse:
+    # logout() flushes the session and sends user_logged_out, so clearing a logged-in session is
+    # broadcast to its open tabs exactly like a logout.
+    logout(request)
+    messages.success(request, "Session cleared.")
+    return redirect("session_data")
+
+
+@require_POST
+def session_expiry(request: HttpRequest) -> HttpResponse:
+    form = SessionExpiryForm(request.POST)
+    if not form.is_valid():
+        return _render_session_page(request, expiry_form=form, status=400)
+    request.session.set_expiry(form.cleaned_data["seconds"])
+    messages.success(request, "Expiry updated.")
+    return redirect("session_data")
+
+
+def _render_session_page(
+    request: HttpRequest,
+    *,
+    set_form: SessionSetForm | None = None,
+    delete_form: SessionKeyForm | None = None,
+    expiry_form: SessionExpiryForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    session = request.session
+    items = sorted(
+        (key, json.dumps(value, ensure_ascii=False))
+        for key, value in session.items()
+        if not key.startswith("_")
+    )
+    context = {
+        "items": items,
+        "expires_at_browser_close": session.get_expire_at_browser_close(),
+        "expires_at": session.get_expiry_date(),
+        "set_form": set_form or SessionSetForm(),
+        "delete_form": delete_form or SessionKeyForm(),
+        "expiry_form": expiry_form or SessionExpiryForm(),
+    }
+    return render(request, "accounts/session_data.html", context, status=status)

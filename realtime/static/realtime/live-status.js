@@ -1,0 +1,108 @@
+// Live login status for every page: one WebSocket to /ws/status/ (docs/protocol.md).
+//
+// Renders #live-status (data-state: connecting | authenticated | anonymous | offline). After an
+// unexpected close it reconnects with capped exponential backoff and full jitter, and takes the
+// first status message of the new connection as the truth.
+
+const CLOSE_LOGGED_OUT = 4001;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 30000;
+
+const NOTICES = {
+  logout: "Your session ended in another tab.",
+};
+const DEFAULT_NOTICE = "Your session has ended.";
+
+const TEXT = {
+  connecting: () => "Connecting…",
+  authenticated: (username) => `Logged in as ${username}`,
+  anonymous: () => "Not logged in",
+  offline: () => "Offline, retrying…",
+};
+
+/** Full jitter: a uniformly random wait up to the capped exponential bound. */
+export function backoffDelay(attempt, random = Math.random) {
+  const bound = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
+  return Math.floor(random() * bound);
+}
+
+function statusUrl() {
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${window.location.host}/ws/status/`;
+}
+
+class LiveStatus {
+  constructor(element, notice) {
+    this.element = element;
+    this.notice = notice;
+    this.attempt = 0;
+    this.socket = null;
+    this.leaving = false;
+    // Navigating away closes the socket too; that is not "offline".
+    window.addEventListener("pagehide", () => {
+      this.leaving = true;
+    });
+  }
+
+  render(state, username = null) {
+    this.element.dataset.state = state;
+    this.element.textContent = TEXT[state](username);
+    if (state === "authenticated" || state === "anonymous") {
+      document.body.dataset.authenticated = String(state === "authenticated");
+    }
+  }
+
+  connect() {
+    const socket = new WebSocket(statusUrl());
+    this.socket = socket;
+    socket.addEventListener("message", (event) => this.onMessage(event));
+    socket.addEventListener("close", (event) => this.onClose(event));
+  }
+
+  onMessage(event) {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message.type === "status") {
+      this.attempt = 0;
+      this.render(message.authenticated ? "authenticated" : "anonymous", message.username);
+    } else if (message.type === "logout") {
+      this.onLogout(message.reason);
+    }
+  }
+
+  onLogout(reason) {
+    this.render("anonymous");
+    this.notice.textContent = NOTICES[reason] || DEFAULT_NOTICE;
+    this.notice.hidden = false;
+    if ("loginRequired" in document.body.dataset) {
+      const next = encodeURIComponent(window.location.pathname + window.location.search);
+      window.location.assign(`${document.body.dataset.loginUrl}?next=${next}`);
+    }
+  }
+
+  onClose(event) {
+    if (this.leaving) return;
+    if (event.code === CLOSE_LOGGED_OUT) {
+      // The login ended; stay connected as the anonymous session this browser now has.
+      this.attempt = 0;
+      this.connect();
+      return;
+    }
+    this.render("offline");
+    const delay = backoffDelay(this.attempt);
+    this.attempt += 1;
+    window.setTimeout(() => this.connect(), delay);
+  }
+}
+
+const element = document.getElementById("live-status");
+const notice = document.getElementById("live-notice");
+if (element && notice && "WebSocket" in window) {
+  const live = new LiveStatus(element, notice);
+  live.render("connecting");
+  live.connect();
+}

@@ -1,0 +1,91 @@
+"""Fixtures shared by the suite: users, logged-in sockets, live Daphne processes.
+
+`status_socket` gives a connected `WebsocketCommunicator` in one line:
+
+    socket, status = await status_socket(user=alice)       # authenticated, first message read
+    socket, status = await status_socket()                 # anonymous
+    socket, status = await status_socket(cookies=client.cookies)  # the session of a test client
+
+`live_servers` starts real Daphne processes on loopback (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from channels.layers import channel_layers
+from django.conf import settings
+
+from tests.helpers import ORIGIN, open_status_socket
+from tests.live import LiveServers, live_password_hash, live_redis_url, redis_available
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip a test whose dependency is missing, except under CI=true, where it fails."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing dependency is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """Each test gets its own channel layer, bound to its own event loop."""
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-pass-1234")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-pass-1234")
+
+
+@pytest.fixture
+async def status_socket():
+    """Open /ws/status/ sockets (see the module docstring); all are closed after the test."""
+    opened = []
+
+    async def open_socket(*, user=None, cookies=None, origin: bytes | None = ORIGIN):
+        socket, status = await open_status_socket(user=user, cookies=cookies, origin=origin)
+        opened.append(socket)
+        return socket, status
+
+    yield open_socket
+    for socket in opened:
+        await socket.disconnect()  # harmless if the server closed it already
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = live_redis_url()
+    require(redis_available(url), f"Redis is not reachable at {url}")
+    return url
+
+
+@pytest.fixture
+def live_servers(transactional_db, redis_url, tmp_path):
+    """Start Daphne processes sharing Redis and the test database: `await live_servers(2, ...)`."""
+    servers = LiveServers(
+        redis_url=redis_url, log_dir=tmp_path, database=settings.DATABASES["default"]
+    )
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def live_users(django_user_model):
+    """alice and bob, whose password (tests.live.LIVE_PASSWORD) the live servers can verify."""
+    return [
+        django_user_model.objects.create(username=name, password=live_password_hash())
+        for name in ("alice", "bob")
+    ]

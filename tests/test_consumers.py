@@ -1,0 +1,113 @@
+"""The status consumer, through the full ASGI stack (origin check, auth, routing)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from django.test import AsyncClient
+
+from tests.helpers import assert_logged_out, assert_still_open
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_anonymous_socket_gets_anonymous_status(status_socket):
+    socket, status = await status_socket()
+    assert status == {
+        "type": "status",
+        "authenticated": False,
+        "username": None,
+        "expires_at": None,
+    }
+    await assert_still_open(socket)
+
+
+async def test_authenticated_socket_gets_username_and_expiry(status_socket, alice):
+    _, status = await status_socket(user=alice)
+    assert status["type"] == "status"
+    assert status["authenticated"] is True
+    assert status["username"] == "alice"
+    assert status["expires_at"].endswith("Z")
+    assert datetime.fromisoformat(status["expires_at"]) > datetime.now().astimezone()
+
+
+async def test_logout_view_closes_every_tab_of_that_session(status_socket, alice):
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    tabs = [(await status_socket(cookies=client.cookies))[0] for _ in range(3)]
+    response = await client.post("/accounts/logout/")
+    assert response.status_code == 302
+    for tab in tabs:
+        await assert_logged_out(tab, "logout")
+
+
+async def test_any_code_calling_logout_is_broadcast(status_socket, alice):
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    tab, _ = await status_socket(cookies=client.cookies)
+    await client.alogout()  # django.contrib.auth.alogout, no view involved
+    await assert_logged_out(tab, "logout")
+
+
+async def test_session_clear_is_broadcast_like_a_logout(status_socket, alice):
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    tab, _ = await status_socket(cookies=client.cookies)
+    await client.post("/session/clear/")
+    await assert_logged_out(tab, "logout")
+
+
+async def test_other_sessions_hear_nothing(status_socket, alice, bob):
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    tab, _ = await status_socket(cookies=client.cookies)
+    other_browser, _ = await status_socket(user=alice)
+    other_user, _ = await status_socket(user=bob)
+    anonymous, _ = await status_socket()
+    await client.post("/accounts/logout/")
+    await assert_logged_out(tab, "logout")
+    for socket in (other_browser, other_user, anonymous):
+        await assert_still_open(socket)
+
+
+@pytest.mark.parametrize(
+    "origin", [b"http://evil.example", b"null", b"http://127.0.0.1.evil.example", None]
+)
+async def test_foreign_or_missing_origin_is_refused(status_socket, alice, origin):
+    _, status = await status_socket(user=alice, origin=origin)
+    assert status is None
+
+
+async def test_ping_gets_pong(status_socket):
+    socket, _ = await status_socket()
+    await socket.send_json_to({"type": "ping"})
+    assert await socket.receive_json_from(timeout=2) == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("not json", "invalid JSON"),
+        ("{", "invalid JSON"),
+        ("[1, 2]", "message must be a JSON object"),
+        ('"ping"', "message must be a JSON object"),
+        ('{"type": "nope"}', "unknown message type"),
+        ("{}", "unknown message type"),
+    ],
+)
+async def test_bad_input_gets_an_error_and_the_socket_stays_open(status_socket, frame, error):
+    socket, _ = await status_socket()
+    await socket.send_to(text_data=frame)
+    assert await socket.receive_json_from(timeout=2) == {"type": "error", "error": error}
+    await assert_still_open(socket)
+
+
+async def test_binary_frames_get_an_error(status_socket):
+    socket, _ = await status_socket()
+    await socket.send_to(bytes_data=b"\x00\x01")
+    assert await socket.receive_json_from(timeout=2) == {
+        "type": "error",
+        "error": "binary frames are not supported",
+    }
+    await assert_still_open(socket)

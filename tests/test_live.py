@@ -1,0 +1,77 @@
+"""Live: two real Daphne processes sharing Redis and the database, real `websockets` clients.
+
+Parametrized over the five session backends. Tabs of one browser are spread over both processes,
+so every logout crosses processes through the Redis channel layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.live import Browser
+
+pytestmark = pytest.mark.live
+
+BACKENDS = ["db", "cache", "cached_db", "file", "signed_cookies"]
+IDLE_SECONDS = 12  # longer than redis-py's 5 s default socket timeout
+
+
+async def browsers(server, *usernames):
+    opened = []
+    for username in usernames:
+        browser = Browser(server)
+        if username:
+            await browser.login(username)
+        opened.append(browser)
+    return opened
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_logout_reaches_every_tab_of_the_session_in_every_process(
+    live_servers, live_users, backend
+):
+    first, second = live_servers.start(2, DJANGO_SESSION_ENGINE=backend)
+    alice, alice_elsewhere, bob, guest = await browsers(first, "alice", "alice", "bob", None)
+    try:
+        tabs = [await alice.open_tab(server) for server in (first, second, second)]
+        others = [
+            await alice_elsewhere.open_tab(second),
+            await bob.open_tab(first),
+            await guest.open_tab(second),
+        ]
+        assert [tab.status["username"] for tab in tabs + others] == [
+            "alice", "alice", "alice", "alice", "bob", None,
+        ]  # fmt: skip
+        assert all(tab.status["authenticated"] for tab in tabs + others[:2])
+
+        await asyncio.sleep(IDLE_SECONDS)  # every socket idle past redis-py's socket timeout
+
+        started = time.monotonic()
+        response = await alice.logout()
+        assert response.status_code == 302
+        await asyncio.gather(*(tab.expect_logout("logout", timeout=1.0) for tab in tabs))
+        assert time.monotonic() - started < 1.0
+
+        for tab in others:
+            await tab.expect_silence_and_alive()
+        assert (await alice.open_tab(first)).status["authenticated"] is False
+    finally:
+        for browser in (alice, alice_elsewhere, bob, guest):
+            await browser.close()
+
+
+@pytest.mark.timeout(60)
+async def test_clearing_the_session_over_http_logs_out_its_tabs(live_servers, live_users):
+    first, second = live_servers.start(2)
+    (alice,) = await browsers(first, "alice")
+    try:
+        tabs = [await alice.open_tab(first), await alice.open_tab(second)]
+        response = await alice.post("/session/clear/")
+        assert response.status_code == 302
+        await asyncio.gather(*(tab.expect_logout("logout") for tab in tabs))
+    finally:
+        await alice.close()
