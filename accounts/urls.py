@@ -1,15 +1,19 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from accounts import views
+from accounts import sessions, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/login/", views.SessionLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/everywhere/", sessions.logout_everywhere, name="logout_everywhere"),
+    path("accounts/sessions/", sessions.sessions_page, name="sessions"),
+    path("accounts/sessions/list/", sessions.sessions_list, name="sessions_list"),
+    path("accounts/sessions/<str:login_id>/revoke/", sessions.revoke, name="revoke_session"),
     path(
         "accounts/password_change/",
-        auth_views.PasswordChangeView.as_view(),
+        sessions.LivePasswordChangeView.as_view(),
         name="password_change",
     ),
     path(

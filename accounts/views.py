@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.forms import LoginForm, SessionExpiryForm, SessionKeyForm, SessionSetForm
+from realtime.groups import BROWSER_SESSION_KEY
 
 
 class SessionLoginView(LoginView):
@@ -27,6 +28,8 @@ class SessionLoginView(LoginView):
 
 
 def home(request: HttpRequest) -> HttpResponse:
+    # Every visitor gets a session at once, so all tabs of a browser share it before any login.
+    request.session.setdefault(BROWSER_SESSION_KEY, request.live_browser_id)
     return render(request, "home.html")
 
 

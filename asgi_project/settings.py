@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.middleware.LiveLoginMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -137,6 +138,10 @@ SESSION_COOKIE_AGE = 60 * 60 * 24 * 14  # "Keep me signed in": two weeks
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
+
+# Open sockets re-check their login against the session store at least this often (seconds), to
+# catch sessions that vanished behind the app's back (row deleted, cache evicted, clearsessions).
+LIVE_RECHECK_SECONDS = env_int("LIVE_RECHECK_SECONDS", default=30, minimum=1, maximum=86400)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

@@ -1,8 +1,9 @@
 """The live status consumer behind /ws/status/ (protocol: docs/protocol.md).
 
 `AuthMiddlewareStack` resolves the user once, at connect, and `scope["session"]` is a copy of the
-session taken then; this consumer never trusts it later. Logouts reach it through the login's
-group on the channel layer.
+session taken then; this consumer never trusts it later. At connect it checks the login against
+the `Login` table; afterwards the login's group, the browser's group and the process's login
+watcher tell it what changed.
 """
 
 from __future__ import annotations
@@ -11,51 +12,61 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from realtime.groups import CLOSE_LOGGED_OUT, LOGIN_ID_SESSION_KEY, login_group
+from accounts import logins
+from realtime import broadcast
+from realtime.groups import (
+    BROWSER_COOKIE,
+    CLOSE_LOGGED_OUT,
+    LOGIN_ID_SESSION_KEY,
+    browser_group,
+    is_valid_id,
+    login_group,
+    user_sessions_group,
+)
+from realtime.watch import watcher
 
 
-def _iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def _iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class StatusConsumer(AsyncWebsocketConsumer):
-    """One browser tab (or any client) watching its session's login."""
+    """One browser tab (or any client) watching its browser's login."""
 
-    group: str | None = None
+    login_id: str | None = None
+    user_id: int | None = None
+    username: str | None = None
+    expires_at: float = 0.0
+    ended = False
+    watching_sessions = False
 
     # --- Connection lifecycle -----------------------------------------------------------------
 
     async def connect(self) -> None:
         """Runs once the origin check and auth middleware have resolved the user."""
+        self.joined: list[str] = []
+        browser_id = self.scope["cookies"].get(BROWSER_COOKIE)
+        if is_valid_id(browser_id):
+            await self._join(browser_group(browser_id))
         user = self.scope["user"]
-        session = self.scope["session"]
-        status: dict[str, Any] = {
-            "type": "status",
-            "authenticated": False,
-            "username": None,
-            "expires_at": None,
-        }
         if user.is_authenticated:
-            status.update(
-                authenticated=True,
-                username=user.get_username(),
-                expires_at=_iso_utc(await session.aget_expiry_date()),
-            )
-            # Sessions from before this app was installed have no login id and no live group.
-            login_id = await session.aget(LOGIN_ID_SESSION_KEY)
-            if login_id:
-                # Join before accepting, so no logout sent from now on can slip past this socket.
-                self.group = login_group(login_id)
-                await self.channel_layer.group_add(self.group, self.channel_name)
+            login_id = await self.scope["session"].aget(LOGIN_ID_SESSION_KEY)
+            login = await database_sync_to_async(logins.active_login)(login_id, user.pk)
+            if login is not None:  # else: an ended login's cookie, replayed; it is anonymous
+                await self._enter_login(
+                    login.id, user.pk, user.get_username(), login.expires_at.timestamp()
+                )
         await self.accept()
-        await self.send_json(status)
+        await self.send_status()
 
     async def disconnect(self, code: int) -> None:
         """Runs when the socket closes, for whatever reason."""
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._leave_login()
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     # --- Client messages ----------------------------------------------------------------------
 
@@ -71,23 +82,105 @@ class StatusConsumer(AsyncWebsocketConsumer):
             return
         if not isinstance(message, dict):
             await self.send_error("message must be a JSON object")
-            return
-        if message.get("type") == "ping":
+        elif message.get("type") == "ping":
             await self.send_json({"type": "pong"})
+        elif message.get("type") == "watch_sessions":
+            await self._watch_sessions()
         else:
             await self.send_error("unknown message type")
+
+    async def _watch_sessions(self) -> None:
+        if self.user_id is None:
+            await self.send_error("not logged in")
+            return
+        if not self.watching_sessions:
+            self.watching_sessions = True
+            await self._join(user_sessions_group(self.user_id))
+        await self.send_json({"type": "sessions_changed"})
 
     # --- Channel-layer handlers ---------------------------------------------------------------
 
     async def live_logout(self, event: dict[str, Any]) -> None:
-        """Runs when this socket's login has ended: say why, then close with 4001."""
+        """Runs when this socket's login has ended: say why once, then close with 4001."""
+        if self.ended:
+            return
+        self.ended = True
+        await self._leave_login()
         await self.send_json({"type": "logout", "reason": event["reason"]})
         await self.close(code=CLOSE_LOGGED_OUT)
 
+    async def live_login(self, event: dict[str, Any]) -> None:
+        """Runs when another tab of this browser logged in: follow it with a fresh status."""
+        if self.ended or event["login_id"] == self.login_id:
+            return
+        await self._leave_login()
+        user_id = await database_sync_to_async(_user_of)(event["login_id"])
+        if user_id is None:
+            return  # ended already; its logout went to the login's group
+        await self._enter_login(event["login_id"], user_id, event["username"], event["expires_at"])
+        await self.send_status()
+
+    async def live_expiry(self, event: dict[str, Any]) -> None:
+        """Runs when HTTP activity moved this login's expiry: push the status again."""
+        if self.ended or self.login_id is None:
+            return
+        self.expires_at = event["expires_at"]
+        watcher().set_expiry(self.login_id, self.expires_at)
+        await self.send_status()
+
+    async def live_sessions(self, event: dict[str, Any]) -> None:
+        """Runs when the user's list of logins changed (this socket watches the sessions page)."""
+        await self.send_json({"type": "sessions_changed"})
+
     # --- Helpers ------------------------------------------------------------------------------
+
+    async def _join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.append(group)
+
+    async def _enter_login(self, login_id: str, user_id: int, username: str, expires_at: float):
+        self.login_id, self.user_id, self.username = login_id, user_id, username
+        self.expires_at = expires_at
+        # Join before the status goes out, so no logout sent from now on can slip past.
+        await self._join(login_group(login_id))
+        watcher().add(login_id, self.channel_name, expires_at)
+        await broadcast.asessions_changed(user_id=user_id)
+
+    async def _leave_login(self) -> None:
+        if self.login_id is None:
+            return
+        group = login_group(self.login_id)
+        watcher().discard(self.login_id, self.channel_name)
+        if group in self.joined:
+            self.joined.remove(group)
+            await self.channel_layer.group_discard(group, self.channel_name)
+        user_id = self.user_id
+        self.login_id = self.user_id = self.username = None
+        await broadcast.asessions_changed(user_id=user_id)
+
+    async def send_status(self) -> None:
+        authenticated = self.login_id is not None
+        await self.send_json(
+            {
+                "type": "status",
+                "authenticated": authenticated,
+                "username": self.username if authenticated else None,
+                "expires_at": _iso_utc(self.expires_at) if authenticated else None,
+            }
+        )
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, separators=(",", ":")))
 
     async def send_error(self, error: str) -> None:
         await self.send_json({"type": "error", "error": error})
+
+
+def _user_of(login_id: str) -> int | None:
+    from accounts.models import Login
+
+    return (
+        Login.objects.filter(id=login_id, ended_at__isnull=True)
+        .values_list("user_id", flat=True)
+        .first()
+    )

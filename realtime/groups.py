@@ -1,4 +1,4 @@
-"""The one owner of group names, event types, session keys, close codes and logout reasons.
+"""The one owner of group names, event types, cookie and session keys, close codes and reasons.
 
 Everything that talks to the channel layer or the browser imports these names; nothing formats a
 group name or writes a close code inline. ``docs/protocol.md`` documents every value here.
@@ -14,28 +14,63 @@ import secrets
 # signed_cookies it changes with every write.
 LOGIN_ID_SESSION_KEY = "_live_login_id"
 
+# A random per-browser identifier in its own long-lived cookie. It survives logout (which flushes
+# the session), so every tab of a browser hears of the next login there, whoever logs in.
+BROWSER_COOKIE = "live_browser"
+BROWSER_SESSION_KEY = "_live_browser_id"
+
 # Channel-layer event types (app-prefixed; "live.logout" is handled by `live_logout`).
-EVENT_LOGOUT = "live.logout"
+EVENT_LOGOUT = "live.logout"  # {"reason"}: the login ended
+EVENT_LOGIN = "live.login"  # {"login_id", "username", "expires_at"}: this browser logged in
+EVENT_EXPIRY = "live.expiry"  # {"expires_at"}: HTTP activity moved the login's expiry
+EVENT_SESSIONS = "live.sessions"  # the user's list of logins or their tab counts changed
 
 # Close codes sent to the browser (4000-4999 is the range RFC 6455 leaves to applications).
 CLOSE_LOGGED_OUT = 4001
 
 # Why a login ended, as sent in {"type": "logout", "reason": ...}.
 REASON_LOGOUT = "logout"
+REASON_LOGOUT_EVERYWHERE = "logout_everywhere"
+REASON_REVOKED = "revoked"
+REASON_PASSWORD_CHANGED = "password_changed"
+REASON_DEACTIVATED = "deactivated"
+REASON_EXPIRED = "expired"
+REASON_SESSION_ENDED = "session_ended"
+# Recorded only, never sent: a new login in the same session replaced this one (its sockets are
+# moved to the new login by EVENT_LOGIN instead of being closed).
+REASON_REPLACED = "replaced"
 
 # Channels accepts ASCII letters, digits, hyphens, underscores and periods, under 100 characters.
 _VALID_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,99}$")
-_LOGIN_GROUP_PREFIX = "live.login."
+_VALID_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 
-def new_login_id() -> str:
-    """A fresh identifier for one login: 128 random bits, URL- and group-name-safe."""
+def new_id() -> str:
+    """A fresh login or browser identifier: 128 random bits, URL- and group-name-safe."""
     return secrets.token_urlsafe(16)
 
 
-def login_group(login_id: str) -> str:
-    """The group every socket opened with this login joins."""
-    name = _LOGIN_GROUP_PREFIX + login_id
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_VALID_ID.match(value))
+
+
+def _group(prefix: str, suffix: str) -> str:
+    name = prefix + suffix
     if not _VALID_GROUP.match(name):
-        raise ValueError(f"not a valid login identifier: {login_id!r}")
+        raise ValueError(f"not a valid group name: {name!r}")
     return name
+
+
+def login_group(login_id: str) -> str:
+    """Every socket opened with this login."""
+    return _group("live.login.", login_id)
+
+
+def browser_group(browser_id: str) -> str:
+    """Every socket of one browser, logged in or not."""
+    return _group("live.browser.", browser_id)
+
+
+def user_sessions_group(user_id: int) -> str:
+    """Sockets of this user's sessions page, watching the list of logins."""
+    return _group("live.user.", str(int(user_id)))

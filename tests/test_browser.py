@@ -69,9 +69,7 @@ async def test_logout_in_one_tab_shows_in_the_other_without_reload(
         status = tab2.locator("#live-status")
         await status.filter(has_text="Not logged in").wait_for(timeout=2_000)
         assert await status.get_attribute("data-state") == "anonymous"
-        assert await tab2.locator("#live-notice").inner_text() == (
-            "Your session ended in another tab."
-        )
+        assert await tab2.locator("#live-notice").inner_text() == ("You signed out in another tab.")
         assert await tab2.evaluate("window.__notReloaded") is True
         assert await tab2.locator("form.auth-only").is_hidden()  # the logout button
     finally:

@@ -9,7 +9,13 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 30000;
 
 const NOTICES = {
-  logout: "Your session ended in another tab.",
+  logout: "You signed out in another tab.",
+  logout_everywhere: "Signed out on all devices.",
+  revoked: "This device was signed out from another one.",
+  password_changed: "Your password was changed.",
+  expired: "Your session expired.",
+  session_ended: "Your session has ended.",
+  deactivated: "Your account was deactivated.",
 };
 const DEFAULT_NOTICE = "Your session has ended.";
 
@@ -38,6 +44,7 @@ class LiveStatus {
     this.attempt = 0;
     this.socket = null;
     this.leaving = false;
+    this.sessionsUrl = document.body.dataset.watchSessions || null;
     // Navigating away closes the socket too; that is not "offline".
     window.addEventListener("pagehide", () => {
       this.leaving = true;
@@ -68,10 +75,30 @@ class LiveStatus {
     }
     if (message.type === "status") {
       this.attempt = 0;
+      if (message.authenticated) this.notice.hidden = true;
       this.render(message.authenticated ? "authenticated" : "anonymous", message.username);
+      if (this.sessionsUrl && message.authenticated) this.send({ type: "watch_sessions" });
     } else if (message.type === "logout") {
       this.onLogout(message.reason);
+    } else if (message.type === "sessions_changed") {
+      this.refreshSessions();
     }
+  }
+
+  send(message) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(message));
+    }
+  }
+
+  // The sessions page: re-fetch the list whenever the server says it changed (debounced).
+  refreshSessions() {
+    window.clearTimeout(this.refreshTimer);
+    this.refreshTimer = window.setTimeout(async () => {
+      const response = await fetch(this.sessionsUrl, { credentials: "same-origin" });
+      const target = document.getElementById("sessions");
+      if (response.ok && target && !response.redirected) target.innerHTML = await response.text();
+    }, 100);
   }
 
   onLogout(reason) {

@@ -1,0 +1,106 @@
+"""The life of a login: started at `login()`, checked on every request and socket, ended once.
+
+Every way a login ends goes through `end_logins`: it marks the `Login` rows ended (the first caller
+wins), deletes their server-side sessions, and after the transaction commits tells their sockets
+why. Requests and sockets that carry an ended login's cookie are treated as anonymous.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.models import Login
+from realtime import broadcast
+from realtime.groups import LOGIN_ID_SESSION_KEY, REASON_REPLACED, is_valid_id, new_id
+
+_SIGNED_COOKIES = "django.contrib.sessions.backends.signed_cookies"
+
+
+def session_store_class():
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+def server_side_key(session) -> str:
+    """The session's key in a server-side store; "" under signed_cookies (nothing to look up)."""
+    if settings.SESSION_ENGINE == _SIGNED_COOKIES:
+        return ""
+    return session.session_key or ""
+
+
+def client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def start_login(request, user) -> Login:
+    """Record a new login and put its identifier in the session (runs inside `login()`)."""
+    previous = getattr(request, "live_previous_login_id", None)
+    login = Login.objects.create(
+        id=new_id(),
+        user=user,
+        session_key=server_side_key(request.session),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[:512],
+        ip_address=client_ip(request),
+        expires_at=request.session.get_expiry_date(),
+    )
+    request.session[LOGIN_ID_SESSION_KEY] = login.id
+    if previous and previous != login.id:
+        # login() as someone else flushed the old session without a logout; its sockets are in
+        # this browser and move to the new login, so the old one ends without a message.
+        end_logins(Login.objects.filter(id=previous), REASON_REPLACED, notify=False)
+    return login
+
+
+def active_login(login_id: object, user_id: object) -> Login | None:
+    """The login if it is still active and unexpired; a fresh read of the database."""
+    if not is_valid_id(login_id):
+        return None
+    return (
+        Login.objects.filter(
+            id=login_id, user_id=user_id, ended_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        .only("id", "user_id", "session_key", "expires_at", "last_active")
+        .first()
+    )
+
+
+def end_logins(logins: QuerySet[Login], reason: str, *, notify: bool = True) -> list[str]:
+    """End every still-active login in `logins`; returns the identifiers this call ended."""
+    with transaction.atomic():
+        rows = list(
+            logins.select_for_update()
+            .filter(ended_at__isnull=True)
+            .values_list("id", "user_id", "session_key")
+        )
+        ended = [login_id for login_id, _, _ in rows]
+        Login.objects.filter(id__in=ended, ended_at__isnull=True).update(
+            ended_at=timezone.now(), end_reason=reason
+        )
+    store = session_store_class()
+    for _, _, session_key in rows:
+        if session_key:
+            store(session_key).delete()
+    if notify and rows:
+        user_ids = {user_id for _, user_id, _ in rows}
+        transaction.on_commit(lambda: _announce(ended, user_ids, reason))
+    return ended
+
+
+def end_login(login_id: str, reason: str) -> bool:
+    return bool(end_logins(Login.objects.filter(id=login_id), reason))
+
+
+def end_user_logins(user, reason: str, *, keep: str | None = None) -> list[str]:
+    """End every active login of `user`, except the one with identifier `keep`."""
+    return end_logins(Login.objects.filter(user=user).exclude(id=keep or ""), reason)
+
+
+def _announce(login_ids: list[str], user_ids: set[int], reason: str) -> None:
+    for login_id in login_ids:
+        broadcast.login_ended(login_id=login_id, reason=reason)
+    for user_id in user_ids:
+        broadcast.sessions_changed(user_id=user_id)

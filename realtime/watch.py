@@ -1,0 +1,135 @@
+"""Per-process re-checks of the logins that have sockets here.
+
+The channel layer is a fast path; the `Login` table and the session store are the truth. One
+watcher per event loop wakes at the earliest expiry among its logins and at least every
+`LIVE_RECHECK_SECONDS`, reads the store fresh in one batch, ends what has expired or lost its
+session, and delivers the ending to its own sockets directly (consumers ignore repeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+
+from accounts import logins
+from accounts.models import Login
+from realtime.groups import (
+    EVENT_LOGOUT,
+    REASON_EXPIRED,
+    REASON_LOGOUT,
+    REASON_REPLACED,
+    REASON_SESSION_ENDED,
+)
+
+logger = logging.getLogger(__name__)
+
+_watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def watcher() -> LoginWatcher:
+    """The watcher of the running event loop."""
+    loop = asyncio.get_running_loop()
+    if loop not in _watchers:
+        _watchers[loop] = LoginWatcher(interval=settings.LIVE_RECHECK_SECONDS)
+    return _watchers[loop]
+
+
+class LoginWatcher:
+    def __init__(self, *, interval: float) -> None:
+        self.interval = interval
+        self.channels: dict[str, set[str]] = {}  # login id -> channel names of its sockets
+        self.expires: dict[str, float] = {}  # login id -> expiry, epoch seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def add(self, login_id: str, channel_name: str, expires_at: float) -> None:
+        """Runs when a socket of this login connects (or switches to it)."""
+        self.channels.setdefault(login_id, set()).add(channel_name)
+        self.set_expiry(login_id, expires_at)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    def discard(self, login_id: str, channel_name: str) -> None:
+        """Runs when a socket closes or leaves the login."""
+        channels = self.channels.get(login_id)
+        if channels is None:
+            return
+        channels.discard(channel_name)
+        if not channels:
+            del self.channels[login_id]
+            self.expires.pop(login_id, None)
+
+    def set_expiry(self, login_id: str, expires_at: float) -> None:
+        """Runs when the login's expiry is known or moved."""
+        previous = self.expires.get(login_id)
+        self.expires[login_id] = expires_at
+        if previous is None or expires_at < previous:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        next_full = time.time() + self.interval
+        while self.channels:
+            now = time.time()
+            due = min([next_full, *self.expires.values()])
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, due - now) + 0.05)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            now = time.time()
+            full = now >= next_full
+            ids = list(self.channels) if full else [i for i, t in self.expires.items() if t <= now]
+            if full:
+                next_full = now + self.interval
+            if ids:
+                try:
+                    await self._check(ids, check_sessions=full)
+                except Exception:  # a broken database must not kill the watcher
+                    logger.exception("login re-check failed; retrying")
+                    await asyncio.sleep(1)
+
+    async def _check(self, ids: list[str], *, check_sessions: bool) -> None:
+        verdicts = await _inspect(ids, check_sessions=check_sessions)
+        layer = get_channel_layer()
+        for login_id, (reason, expires_at) in verdicts.items():
+            if reason is None:
+                if login_id in self.expires:
+                    self.expires[login_id] = expires_at
+                continue
+            event = {"type": EVENT_LOGOUT, "reason": reason}
+            for channel_name in list(self.channels.get(login_id, ())):
+                await layer.send(channel_name, event)
+            self.channels.pop(login_id, None)
+            self.expires.pop(login_id, None)
+
+
+@database_sync_to_async
+def _inspect(ids: list[str], *, check_sessions: bool) -> dict[str, tuple[str | None, float]]:
+    """For each login: (None, expiry) while active, else (reason it ended, 0)."""
+    now = timezone.now()
+    rows = {row.id: row for row in Login.objects.filter(id__in=ids)}
+    store = logins.session_store_class()
+    verdicts: dict[str, tuple[str | None, float]] = {}
+    for login_id in ids:
+        row = rows.get(login_id)
+        if row is None:
+            verdicts[login_id] = (REASON_SESSION_ENDED, 0)
+        elif row.ended_at is not None:
+            reason = REASON_LOGOUT if row.end_reason == REASON_REPLACED else row.end_reason
+            verdicts[login_id] = (reason, 0)
+        elif row.expires_at <= now:
+            logins.end_logins(Login.objects.filter(id=login_id), REASON_EXPIRED)
+            verdicts[login_id] = (REASON_EXPIRED, 0)
+        elif check_sessions and row.session_key and not store().exists(row.session_key):
+            logins.end_logins(Login.objects.filter(id=login_id), REASON_SESSION_ENDED)
+            verdicts[login_id] = (REASON_SESSION_ENDED, 0)
+        else:
+            verdicts[login_id] = (None, row.expires_at.timestamp())
+    return verdicts
