@@ -15,7 +15,6 @@ import os
 
 import pytest
 from channels.layers import channel_layers
-from django.conf import settings
 
 from tests.helpers import ORIGIN, open_status_socket
 from tests.live import LiveServers, live_password_hash, live_redis_url, redis_available
@@ -73,8 +72,17 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def live_servers(transactional_db, redis_url, tmp_path):
-    """Start Daphne processes sharing Redis and the test database: `await live_servers(2, ...)`."""
+def live_servers(transactional_db, redis_url, tmp_path, settings):
+    """Start Daphne processes sharing Redis and the test database: `live_servers.start(2)`.
+
+    This process joins them on Redis too, so what it does (saving a user, say) reaches them.
+    """
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": None}]},
+        }
+    }
     servers = LiveServers(
         redis_url=redis_url, log_dir=tmp_path, database=settings.DATABASES["default"]
     )

@@ -76,6 +76,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log_path: Path
+    env: dict[str, str]
 
     @property
     def http_url(self) -> str:
@@ -135,7 +136,7 @@ class LiveServers:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        return Server(port=port, process=process, log_path=log_path)
+        return Server(port=port, process=process, log_path=log_path, env=env)
 
     def _wait_ready(self, server: Server) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -166,9 +167,15 @@ class LiveServers:
 class Browser:
     """One browser: a cookie jar that logs in and out over HTTP and opens tabs."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, *, cookie_header: str | None = None) -> None:
+        """`cookie_header` starts the jar from a `Cookie:` header (a copied, or stolen, browser)."""
         self.server = server
-        self.http = httpx.AsyncClient(base_url=server.http_url, timeout=10)
+        cookies = httpx.Cookies()
+        for pair in (cookie_header or "").split("; "):
+            if "=" in pair:
+                name, value = pair.split("=", 1)
+                cookies.set(name, value, domain="127.0.0.1")
+        self.http = httpx.AsyncClient(base_url=server.http_url, timeout=10, cookies=cookies)
         self.tabs: list[Tab] = []
 
     async def post(self, path: str, data: dict | None = None) -> httpx.Response:
@@ -183,6 +190,9 @@ class Browser:
             "/accounts/login/", {"username": username, "password": password, **extra}
         )
         assert response.status_code == 302, f"login failed: {response.status_code}"
+
+    async def visit(self, path: str = "/") -> httpx.Response:
+        return await self.http.get(path)
 
     async def logout(self) -> httpx.Response:
         return await self.post("/accounts/logout/")

@@ -74,3 +74,78 @@ async def test_logout_in_one_tab_shows_in_the_other_without_reload(
         assert await tab2.locator("form.auth-only").is_hidden()  # the logout button
     finally:
         await context.close()
+
+
+async def log_in(page, base_url: str, username: str = "alice") -> None:
+    await page.goto("/accounts/login/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", LIVE_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base_url + "/")
+
+
+@pytest.mark.timeout(90)
+async def test_login_in_one_tab_shows_in_the_other_without_reload(
+    live_servers, live_users, chromium
+):
+    (server,) = live_servers.start(1)
+    context = await chromium.new_context(base_url=server.http_url)
+    context.set_default_timeout(10_000)
+    try:
+        tab1, tab2 = await context.new_page(), await context.new_page()
+        await tab2.goto("/")
+        await tab2.locator("#live-status", has_text="Not logged in").wait_for()
+        await tab2.evaluate("window.__notReloaded = true")
+
+        await log_in(tab1, server.http_url)
+        status = tab2.locator("#live-status")
+        await status.filter(has_text="Logged in as alice").wait_for(timeout=2_000)
+        assert await status.get_attribute("data-state") == "authenticated"
+        assert await tab2.evaluate("window.__notReloaded") is True
+    finally:
+        await context.close()
+
+
+@pytest.mark.timeout(90)
+async def test_revoking_another_browser_from_the_sessions_page(live_servers, live_users, chromium):
+    (server,) = live_servers.start(1)
+    mine = await chromium.new_context(base_url=server.http_url, user_agent=FIREFOX_ON_LINUX)
+    theirs = await chromium.new_context(base_url=server.http_url)
+    for context in (mine, theirs):
+        context.set_default_timeout(10_000)
+    try:
+        other = await theirs.new_page()
+        await log_in(other, server.http_url)
+        sessions = await mine.new_page()
+        await log_in(sessions, server.http_url)
+        await sessions.goto("/accounts/sessions/")
+
+        rows = sessions.locator("#sessions-table tbody tr")
+        await rows.nth(1).wait_for()
+        assert await rows.count() == 2
+        current = sessions.locator("#sessions-table tr.current")
+        assert "This browser" in await current.inner_text()
+        assert "Firefox 128 on Linux" in await current.inner_text()
+        assert await current.locator("form").count() == 0
+        theirs_row = sessions.locator("#sessions-table tbody tr:not(.current)")
+        await theirs_row.locator("td.tabs", has_text="1").wait_for()
+
+        second_tab = await theirs.new_page()  # the count follows, live
+        await second_tab.goto("/")
+        await theirs_row.locator("td.tabs", has_text="2").wait_for(timeout=3_000)
+
+        await theirs_row.locator("button", has_text="Revoke").click()
+        for page in (other, second_tab):
+            status = page.locator("#live-status")
+            await status.filter(has_text="Not logged in").wait_for(timeout=2_000)
+            assert await page.locator("#live-notice").inner_text() == (
+                "This device was signed out from another one."
+            )
+        await rows.nth(1).wait_for(state="detached")
+        assert await rows.count() == 1
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+FIREFOX_ON_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

@@ -50,6 +50,9 @@ async def test_logout_reaches_every_tab_of_the_session_in_every_process(
 
         await asyncio.sleep(IDLE_SECONDS)  # every socket idle past redis-py's socket timeout
 
+        # A copy of the browser's cookies: it works now, and must open nothing once logged out.
+        replay = Browser(second, cookie_header=alice.cookie_header())
+        assert (await replay.http.get("/accounts/sessions/")).status_code == 200
         started = time.monotonic()
         response = await alice.logout()
         assert response.status_code == 302
@@ -59,6 +62,15 @@ async def test_logout_reaches_every_tab_of_the_session_in_every_process(
         for tab in others:
             await tab.expect_silence_and_alive()
         assert (await alice.open_tab(first)).status["authenticated"] is False
+
+        # The ended login's cookie, replayed, opens nothing, over HTTP or WebSocket.
+        try:
+            response = await replay.http.get("/accounts/sessions/")
+            assert response.status_code == 302
+            assert response.headers["location"].startswith("/accounts/login/")
+            assert (await replay.open_tab()).status["authenticated"] is False
+        finally:
+            await replay.close()
     finally:
         for browser in (alice, alice_elsewhere, bob, guest):
             await browser.close()
