@@ -112,6 +112,7 @@ class LiveLoginMiddleware:
         broadcast.browser_logged_in(
             browser_id=request.live_browser_id,
             login_id=login.id,
+            user_id=login.user_id,
             username=request.user.get_username(),
             expires_at=login.expires_at,
         )

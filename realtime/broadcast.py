@@ -55,12 +55,13 @@ def login_ended(*, login_id: str, reason: str) -> bool:
 
 
 def browser_logged_in(
-    *, browser_id: str, login_id: str, username: str, expires_at: datetime
+    *, browser_id: str, login_id: str, user_id: int, username: str, expires_at: datetime
 ) -> bool:
     """Tell every socket of a browser that it is now logged in (they switch to the new login)."""
     event = {
         "type": EVENT_LOGIN,
         "login_id": login_id,
+        "user_id": user_id,
         "username": username,
         "expires_at": expires_at.timestamp(),
     }

@@ -114,10 +114,9 @@ class StatusConsumer(AsyncWebsocketConsumer):
         if self.ended or event["login_id"] == self.login_id:
             return
         await self._leave_login()
-        user_id = await database_sync_to_async(_user_of)(event["login_id"])
-        if user_id is None:
-            return  # ended already; its logout went to the login's group
-        await self._enter_login(event["login_id"], user_id, event["username"], event["expires_at"])
+        await self._enter_login(
+            event["login_id"], event["user_id"], event["username"], event["expires_at"]
+        )
         await self.send_status()
 
     async def live_expiry(self, event: dict[str, Any]) -> None:
@@ -174,13 +173,3 @@ class StatusConsumer(AsyncWebsocketConsumer):
 
     async def send_error(self, error: str) -> None:
         await self.send_json({"type": "error", "error": error})
-
-
-def _user_of(login_id: str) -> int | None:
-    from accounts.models import Login
-
-    return (
-        Login.objects.filter(id=login_id, ended_at__isnull=True)
-        .values_list("user_id", flat=True)
-        .first()
-    )

@@ -21,7 +21,7 @@ BROWSER_SESSION_KEY = "_live_browser_id"
 
 # Channel-layer event types (app-prefixed; "live.logout" is handled by `live_logout`).
 EVENT_LOGOUT = "live.logout"  # {"reason"}: the login ended
-EVENT_LOGIN = "live.login"  # {"login_id", "username", "expires_at"}: this browser logged in
+EVENT_LOGIN = "live.login"  # {"login_id", "user_id", "username", "expires_at"}: browser logged in
 EVENT_EXPIRY = "live.expiry"  # {"expires_at"}: HTTP activity moved the login's expiry
 EVENT_SESSIONS = "live.sessions"  # the user's list of logins or their tab counts changed
 
