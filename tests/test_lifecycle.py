@@ -197,17 +197,66 @@ async def test_a_session_deleted_behind_the_apps_back_ends_within_the_recheck(
     assert await tab.receive_json_from(timeout=3) == {"type": "logout", "reason": "session_ended"}
 
 
+async def test_a_session_evicted_from_the_cache_ends_within_the_recheck(
+    status_socket, alice, settings
+):
+    settings.LIVE_RECHECK_SECONDS = 1
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+    client = await browser(alice)
+    tab, _ = await status_socket(cookies=client.cookies)
+    from django.contrib.sessions.backends.cache import KEY_PREFIX
+    from django.core.cache import caches
+
+    await caches["default"].adelete(KEY_PREFIX + client.cookies["sessionid"].value)
+    assert await tab.receive_json_from(timeout=3) == {"type": "logout", "reason": "session_ended"}
+
+
+async def _end_by_logout(client, other):
+    await client.post("/accounts/logout/")
+
+
+async def _end_by_logout_everywhere(client, other):
+    await other.post("/accounts/logout/everywhere/")
+
+
+async def _end_by_revoke(client, other):
+    response = await other.post(f"/accounts/sessions/{await login_id_of(client)}/revoke/")
+    assert response.status_code == 302
+
+
+async def _end_by_password_change(client, other):
+    new = "a-new-long-password-42"
+    data = {"old_password": PASSWORD, "new_password1": new, "new_password2": new}
+    assert (await other.post("/accounts/password_change/", data)).status_code == 302
+
+
+async def _end_by_expiry(client, other):
+    await client.post("/session/expiry/", {"seconds": "1"})
+    await asyncio.sleep(1.2)
+
+
+ENDINGS = {
+    "logout": _end_by_logout,
+    "logout_everywhere": _end_by_logout_everywhere,
+    "revoked": _end_by_revoke,
+    "password_changed": _end_by_password_change,
+    "expired": _end_by_expiry,
+}
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
 @pytest.mark.parametrize("backend", ["db", "cache", "cached_db", "file", "signed_cookies"])
-async def test_an_ended_login_cannot_be_replayed(status_socket, alice, settings, backend):
+async def test_an_ended_login_cannot_be_replayed(status_socket, alice, settings, backend, ending):
     settings.SESSION_ENGINE = f"django.contrib.sessions.backends.{backend}"
     client = await browser(alice)
     other = await browser(alice)
-    stolen = {name: morsel.value for name, morsel in client.cookies.items()}
-    await other.post("/accounts/logout/everywhere/")
-
     replay = AsyncClient()
-    for name, value in stolen.items():
-        replay.cookies[name] = value
+    for name, morsel in client.cookies.items():
+        replay.cookies[name] = morsel.value  # a copy of the cookies, taken while they worked
+    assert (await replay.get("/accounts/sessions/")).status_code == 200
+
+    await ENDINGS[ending](client, other)
+
     response = await replay.get("/accounts/sessions/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     _, status = await status_socket(cookies=replay.cookies)

@@ -170,6 +170,15 @@ async def test_a_vanished_session_ends_within_the_recheck_interval(scene):
             await tab.expect_silence_and_alive()
 
 
+async def test_the_sessions_page_counts_tabs_across_processes(scene):
+    page = (await scene.browsers["alice_a"].http.get("/accounts/sessions/")).text
+    counts = re.findall(r'<td class="tabs">(\d+)</td>', page)
+    assert sorted(counts) == ["2", "2"]  # each alice browser: one tab on each process
+    await scene.browsers["alice_b"].open_tab(scene.servers[1])
+    page = (await scene.browsers["alice_a"].http.get("/accounts/sessions/")).text
+    assert sorted(re.findall(r'<td class="tabs">(\d+)</td>', page)) == ["2", "3"]
+
+
 async def test_login_and_user_switch_reach_every_open_tab(live_servers, live_users):
     servers = live_servers.start(2)
     browser, bystander = Browser(servers[0]), Browser(servers[1])
