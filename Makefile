@@ -1,5 +1,6 @@
 # make run   - create .venv if missing, install pinned deps, migrate, demo accounts, serve
 # make test  - install test deps into .venv and run the whole suite
+# make bench - the side-by-side benchmark (bench/run.py); BENCH_ARGS=--smoke for small numbers
 # make lint  - ruff check and format check
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format clean
+.PHONY: run test bench lint format clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed" or 0)'
@@ -28,6 +29,9 @@ run: $(VENV)/.runtime-installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

@@ -87,10 +87,14 @@ def main() -> None:
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     print(f"database: {engine}; medians of {ROUNDS} rounds (microseconds per operation)")
     print(f"{'':28}{'with check':>12}{'without':>12}{'added':>10}")
-    print(f"{'authenticated GET /session/':28}{med['req+']:12.0f}{med['req-']:12.0f}"
-          f"{med['req+'] - med['req-']:10.0f}")  # fmt: skip
-    print(f"{'authenticated WS connect':28}{med['ws+']:12.0f}{med['ws-']:12.0f}"
-          f"{med['ws+'] - med['ws-']:10.0f}")  # fmt: skip
+    print(
+        f"{'authenticated GET /session/':28}{med['req+']:12.0f}{med['req-']:12.0f}"
+        f"{med['req+'] - med['req-']:10.0f}"
+    )
+    print(
+        f"{'authenticated WS connect':28}{med['ws+']:12.0f}{med['ws-']:12.0f}"
+        f"{med['ws+'] - med['ws-']:10.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""The benchmark's smoke mode: small numbers, to keep `make bench` working. It asserts no speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.live import ROOT
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(420)]
+
+
+def test_bench_smoke_runs_every_row_and_writes_results(redis_url):
+    result = subprocess.run(
+        [sys.executable, "bench/run.py", "--smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env={**os.environ, "REDIS_URL": redis_url},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "authenticated handshakes/s" in result.stdout
+    data = json.loads((ROOT / "bench" / "results" / "smoke.json").read_text())
+    names = [row["name"] for row in data["rows"]]
+    assert names[0] == "websockets (reference)" and len(names) == 5
+    for row in data["rows"]:
+        assert row["handshakes_per_s"] > 0 and row["storm"]["n"] > 0
+    assert (ROOT / "bench" / "results" / "smoke-fanout.png").stat().st_size > 0
