@@ -68,8 +68,14 @@ def active_login(login_id: object, user_id: object) -> Login | None:
     )
 
 
-def end_logins(logins: QuerySet[Login], reason: str, *, notify: bool = True) -> list[str]:
-    """End every still-active login in `logins`; returns the identifiers this call ended."""
+def end_logins(
+    logins: QuerySet[Login], reason: str, *, notify: bool = True, delete_sessions: bool = True
+) -> list[str]:
+    """End every still-active login in `logins`; returns the identifiers this call ended.
+
+    `delete_sessions=False` leaves the session stores alone, for a caller about to flush the one
+    session concerned (logout).
+    """
     with transaction.atomic():
         rows = list(
             logins.select_for_update()
@@ -80,27 +86,24 @@ def end_logins(logins: QuerySet[Login], reason: str, *, notify: bool = True) -> 
         Login.objects.filter(id__in=ended, ended_at__isnull=True).update(
             ended_at=timezone.now(), end_reason=reason
         )
-    store = session_store_class()
-    for _, _, session_key in rows:
-        if session_key:
-            store(session_key).delete()
+    if delete_sessions:
+        store = session_store_class()
+        for _, _, session_key in rows:
+            if session_key:
+                store(session_key).delete()
     if notify and rows:
         user_ids = {user_id for _, user_id, _ in rows}
-        transaction.on_commit(lambda: _announce(ended, user_ids, reason))
+        transaction.on_commit(
+            lambda: broadcast.logins_ended(login_ids=ended, user_ids=user_ids, reason=reason)
+        )
     return ended
 
 
-def end_login(login_id: str, reason: str) -> bool:
-    return bool(end_logins(Login.objects.filter(id=login_id), reason))
+def end_login(login_id: str, reason: str, *, delete_session: bool = True) -> bool:
+    ended = end_logins(Login.objects.filter(id=login_id), reason, delete_sessions=delete_session)
+    return bool(ended)
 
 
 def end_user_logins(user, reason: str, *, keep: str | None = None) -> list[str]:
     """End every active login of `user`, except the one with identifier `keep`."""
     return end_logins(Login.objects.filter(user=user).exclude(id=keep or ""), reason)
-
-
-def _announce(login_ids: list[str], user_ids: set[int], reason: str) -> None:
-    for login_id in login_ids:
-        broadcast.login_ended(login_id=login_id, reason=reason)
-    for user_id in user_ids:
-        broadcast.sessions_changed(user_id=user_id)

@@ -1,5 +1,5 @@
 """ASGI entry point: HTTP goes to Django; WebSockets go through the origin check and the auth
-stack to the status consumer."""
+stack (Channels' AuthMiddlewareStack, checking the login in the same trip) to the consumer."""
 
 import os
 
@@ -10,17 +10,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "asgi_project.settings")
 # Build the Django app first: it sets Django up, and the routing below imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from realtime.auth import LiveAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            LiveAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     }
 )

@@ -97,6 +97,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool instead of a new connection per request or per connect (most of the cost of an
+    # authenticated WebSocket handshake without it; see docs/performance.md).
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 8, "timeout": 10}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and channel layer ------------------------------------------------------------
@@ -111,9 +115,11 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # The layer blocks in BZPOPMIN while a consumer is idle; redis-py's default 5 s
-                # socket timeout would kill every idle socket with 1011 (see docs/deployment.md).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                # Two redis-py 8 defaults break Channels (docs/deployment.md): the 5 s socket
+                # timeout kills every idle socket (the layer blocks in BZPOPMIN), and the async
+                # pool of 100 connections raises instead of waiting, so a burst of connecting
+                # tabs dies with 1011.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 2000}],
             },
         }
     }

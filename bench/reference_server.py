@@ -30,9 +30,10 @@ def _session_of(connection: ServerConnection) -> str | None:
 
 async def _logout(session: str) -> None:
     message = json.dumps({"type": "logout", "reason": "logout"})
-    for connection in list(SOCKETS.pop(session, ())):
+    connections = list(SOCKETS.pop(session, ()))
+    for connection in connections:
         await connection.send(message)
-        await connection.close(4001)
+    await asyncio.gather(*(connection.close(4001) for connection in connections))
 
 
 async def handler(connection: ServerConnection) -> None:

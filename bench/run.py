@@ -136,12 +136,13 @@ class Server:
 
     def __init__(self, command: list[str], env: dict, port: int) -> None:
         self.port = port
+        self.log = Path(tempfile.mkdtemp()) / "server.log"
         self.process = subprocess.Popen(
             pinned(0, command),
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

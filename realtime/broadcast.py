@@ -7,6 +7,7 @@ swallowed, so a logout never fails because Redis is unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime
@@ -44,14 +45,18 @@ def _send(group: str, event: dict) -> bool:
     return async_to_sync(_asend)(group, event)
 
 
-async def alogin_ended(*, login_id: str, reason: str) -> bool:
-    """Tell every socket of one login that it has ended; True when the layer took the message."""
-    return await _asend(login_group(login_id), {"type": EVENT_LOGOUT, "reason": reason})
+async def alogins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> bool:
+    """Tell every socket of these logins that they have ended, and their users' sessions pages
+    that the list changed; all sends at once. True when the layer took every message."""
+    event = {"type": EVENT_LOGOUT, "reason": reason}
+    sends = [_asend(login_group(login_id), event) for login_id in login_ids]
+    sends += [asessions_changed(user_id=user_id) for user_id in user_ids]
+    return all(await asyncio.gather(*sends))
 
 
-def login_ended(*, login_id: str, reason: str) -> bool:
-    """Synchronous edge of `alogin_ended`."""
-    return async_to_sync(alogin_ended)(login_id=login_id, reason=reason)
+def logins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> bool:
+    """Synchronous edge of `alogins_ended` (one trip to the event loop)."""
+    return async_to_sync(alogins_ended)(login_ids=login_ids, user_ids=user_ids, reason=reason)
 
 
 def browser_logged_in(

@@ -1,8 +1,8 @@
 """The live status consumer behind /ws/status/ (protocol: docs/protocol.md).
 
-`AuthMiddlewareStack` resolves the user once, at connect, and `scope["session"]` is a copy of the
-session taken then; this consumer never trusts it later. At connect it checks the login against
-the `Login` table; afterwards the login's group, the browser's group and the process's login
+The auth stack (`realtime.auth`) resolves the user and checks the login against the `Login` table
+once, at connect; `scope["session"]` is a copy of the session taken then, and this consumer never
+trusts it later. Afterwards the login's group, the browser's group and the process's login
 watcher tell it what changed.
 """
 
@@ -12,15 +12,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from accounts import logins
-from realtime import broadcast
 from realtime.groups import (
     BROWSER_COOKIE,
     CLOSE_LOGGED_OUT,
-    LOGIN_ID_SESSION_KEY,
     browser_group,
     is_valid_id,
     login_group,
@@ -51,22 +48,31 @@ class StatusConsumer(AsyncWebsocketConsumer):
         browser_id = self.scope["cookies"].get(BROWSER_COOKIE)
         if is_valid_id(browser_id):
             await self._join(browser_group(browser_id))
-        user = self.scope["user"]
-        if user.is_authenticated:
-            login_id = await self.scope["session"].aget(LOGIN_ID_SESSION_KEY)
-            login = await database_sync_to_async(logins.active_login)(login_id, user.pk)
-            if login is not None:  # else: an ended login's cookie, replayed; it is anonymous
-                await self._enter_login(
-                    login.id, user.pk, user.get_username(), login.expires_at.timestamp()
-                )
+        user, login = self.scope["user"], self.scope["live_login"]
+        if login is not None:  # None: anonymous, or an ended login's cookie replayed
+            await self._enter_login(
+                login.id, user.pk, user.get_username(), login.expires_at.timestamp()
+            )
         await self.accept()
         await self.send_status()
 
     async def disconnect(self, code: int) -> None:
         """Runs when the socket closes, for whatever reason."""
+        if self.ended and self.login_id:
+            # An ended login's group gets nothing more; its key expires in Redis by itself
+            # (group_expiry). Skipping the discard saves a round trip per tab in a logout storm.
+            self.joined.remove(login_group(self.login_id))
         await self._leave_login()
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Runs for every event; unlike Channels' own, without closing old database connections
+        first (a thread hop per event): no handler here touches the database."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- Client messages ----------------------------------------------------------------------
 
@@ -105,7 +111,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
         if self.ended:
             return
         self.ended = True
-        await self._leave_login()
+        # Tell the client first; leaving the groups waits for `disconnect`.
         await self.send_json({"type": "logout", "reason": event["reason"]})
         await self.close(code=CLOSE_LOGGED_OUT)
 
@@ -143,7 +149,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
         # Join before the status goes out, so no logout sent from now on can slip past.
         await self._join(login_group(login_id))
         watcher().add(login_id, self.channel_name, expires_at)
-        await broadcast.asessions_changed(user_id=user_id)
+        watcher().tabs_changed(user_id)
 
     async def _leave_login(self) -> None:
         if self.login_id is None:
@@ -153,9 +159,8 @@ class StatusConsumer(AsyncWebsocketConsumer):
         if group in self.joined:
             self.joined.remove(group)
             await self.channel_layer.group_discard(group, self.channel_name)
-        user_id = self.user_id
+        watcher().tabs_changed(self.user_id)
         self.login_id = self.user_id = self.username = None
-        await broadcast.asessions_changed(user_id=user_id)
 
     async def send_status(self) -> None:
         authenticated = self.login_id is not None

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts import logins
 from accounts.models import Login
+from realtime import broadcast
 from realtime.groups import (
     EVENT_LOGOUT,
     REASON_EXPIRED,
@@ -29,6 +30,8 @@ from realtime.groups import (
 )
 
 logger = logging.getLogger(__name__)
+
+TABS_NOTICE_DELAY = 0.25  # seconds; the sessions page's tab counts lag by at most this
 
 _watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -48,6 +51,8 @@ class LoginWatcher:
         self.expires: dict[str, float] = {}  # login id -> expiry, epoch seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._tab_notices: set[int] = set()  # users with a tabs notice pending
+        self._background: set[asyncio.Task] = set()
 
     def add(self, login_id: str, channel_name: str, expires_at: float) -> None:
         """Runs when a socket of this login connects (or switches to it)."""
@@ -65,6 +70,20 @@ class LoginWatcher:
         if not channels:
             del self.channels[login_id]
             self.expires.pop(login_id, None)
+
+    def tabs_changed(self, user_id: int) -> None:
+        """Runs when a socket of the user's joins or leaves a login: one notice per user per
+        `TABS_NOTICE_DELAY`, however many tabs come and go meanwhile."""
+        if user_id in self._tab_notices:
+            return
+        self._tab_notices.add(user_id)
+        asyncio.get_running_loop().call_later(TABS_NOTICE_DELAY, self._notify_tabs, user_id)
+
+    def _notify_tabs(self, user_id: int) -> None:
+        self._tab_notices.discard(user_id)
+        task = asyncio.create_task(broadcast.asessions_changed(user_id=user_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def set_expiry(self, login_id: str, expires_at: float) -> None:
         """Runs when the login's expiry is known or moved."""
