@@ -109,7 +109,8 @@ REDIS_URL = env_redis_url("REDIS_URL")
 
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        # One Redis connection pool per process, not one per socket (asgi_project/cache.py).
+        "default": {"BACKEND": "asgi_project.cache.SharedRedisCache", "LOCATION": REDIS_URL}
     }
     CHANNEL_LAYERS = {
         "default": {

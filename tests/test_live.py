@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import pytest
+import redis
 
 from tests.live import Browser
 
@@ -85,5 +86,38 @@ async def test_clearing_the_session_over_http_logs_out_its_tabs(live_servers, li
         response = await alice.post("/session/clear/")
         assert response.status_code == 302
         await asyncio.gather(*(tab.expect_logout("logout") for tab in tabs))
+    finally:
+        await alice.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_burst_of_tabs_all_connect(live_servers, live_users):
+    """200 tabs at once: more than redis-py 8's default pool of 100 connections would allow."""
+    (server,) = live_servers.start(1)
+    (alice,) = await browsers(server, "alice")
+    try:
+        tabs = await asyncio.gather(*(alice.open_tab() for _ in range(200)))
+        assert all(tab.status["username"] == "alice" for tab in tabs)
+        await alice.logout()
+        await asyncio.gather(*(tab.expect_logout("logout", timeout=5.0) for tab in tabs))
+    finally:
+        await alice.close()
+
+
+def redis_clients(url: str) -> int:
+    return redis.Redis.from_url(url).info("clients")["connected_clients"]
+
+
+@pytest.mark.timeout(90)
+async def test_open_tabs_do_not_each_hold_a_redis_connection(live_servers, live_users, redis_url):
+    """Django's cache is per async context; each socket once kept its own Redis connection."""
+    (server,) = live_servers.start(1, DJANGO_SESSION_ENGINE="cached_db")
+    (alice,) = await browsers(server, "alice")
+    try:
+        await alice.open_tab()  # the process's pools exist now
+        before = redis_clients(redis_url)
+        for _ in range(15):
+            await asyncio.gather(*(alice.open_tab() for _ in range(10)))
+        assert redis_clients(redis_url) - before < 50  # 150 tabs; a leak would add 150
     finally:
         await alice.close()

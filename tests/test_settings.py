@@ -85,7 +85,7 @@ def test_redis_url_selects_redis_cache_and_layer_without_socket_timeout():
         DJANGO_DEBUG="true",
         REDIS_URL="redis://127.0.0.1:6379/0",
     )
-    assert value.startswith("('django.core.cache.backends.redis.RedisCache',")
+    assert value.startswith("('asgi_project.cache.SharedRedisCache',")
     assert "channels_redis.core.RedisChannelLayer" in value
     assert "'socket_timeout': None" in value
 

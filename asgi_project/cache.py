@@ -1,0 +1,28 @@
+"""Django's Redis cache, with one connection pool per process.
+
+Django keeps a cache instance per async context (`caches` is context-local). Under Channels every
+socket runs in a context of its own, and the session lookup at connect (`cached_db`, `cache`)
+gave each socket its own `RedisCache`, its own pool and one Redis connection for as long as the
+socket lived: 10,000 tabs reached Redis's 10,000-client limit in the benchmark. The client (and
+its thread-safe redis-py pools) is shared here by every instance with the same configuration.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from django.core.cache.backends.redis import RedisCache
+from django.utils.functional import cached_property
+
+_clients: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+class SharedRedisCache(RedisCache):
+    @cached_property
+    def _cache(self):
+        key = repr((self._servers, sorted(self._options.items())))
+        with _lock:
+            if key not in _clients:
+                _clients[key] = self._class(self._servers, **self._options)
+            return _clients[key]
