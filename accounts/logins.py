@@ -76,16 +76,13 @@ def end_logins(
     `delete_sessions=False` leaves the session stores alone, for a caller about to flush the one
     session concerned (logout).
     """
-    with transaction.atomic():
-        rows = list(
-            logins.select_for_update()
-            .filter(ended_at__isnull=True)
-            .values_list("id", "user_id", "session_key")
-        )
-        ended = [login_id for login_id, _, _ in rows]
-        Login.objects.filter(id__in=ended, ended_at__isnull=True).update(
-            ended_at=timezone.now(), end_reason=reason
-        )
+    rows = list(logins.filter(ended_at__isnull=True).values_list("id", "user_id", "session_key"))
+    ended = [login_id for login_id, _, _ in rows]
+    # Conditional on still being active, so a concurrent ending neither rewrites the reason nor
+    # matters: at worst both broadcast, and sockets ignore a second logout.
+    Login.objects.filter(id__in=ended, ended_at__isnull=True).update(
+        ended_at=timezone.now(), end_reason=reason
+    )
     if delete_sessions:
         store = session_store_class()
         for _, _, session_key in rows:

@@ -116,4 +116,3 @@ class LiveLoginMiddleware:
             username=request.user.get_username(),
             expires_at=login.expires_at,
         )
-        broadcast.sessions_changed(user_id=login.user_id)

@@ -114,13 +114,20 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "realtime.layers.BlockingPoolRedisChannelLayer",
             "CONFIG": {
                 # Two redis-py 8 defaults break Channels (docs/deployment.md): the 5 s socket
-                # timeout kills every idle socket (the layer blocks in BZPOPMIN), and the async
-                # pool of 100 connections raises instead of waiting, so a burst of connecting
-                # tabs dies with 1011.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 2000}],
+                # timeout kills every idle socket (the layer blocks in BZPOPMIN), and a full
+                # async pool raises instead of waiting, so bursts of connecting or leaving tabs
+                # die with 1011. The pool here waits (up to `timeout` seconds) for a connection.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": None,
+                        "max_connections": 200,
+                        "timeout": 30,
+                    }
+                ],
             },
         }
     }

@@ -3,16 +3,22 @@
 Views, signal receivers, commands and the login watcher call these functions. The channel layer is
 a fast path, not the source of truth (that is the `Login` table): a failed send is logged and
 swallowed, so a logout never fails because Redis is unreachable.
+
+From synchronous code (views, signal receivers) the sends are handed to the server's event loop
+and the request goes on without waiting for Redis; where there is no such loop (management
+commands, the shell, sync tests) they run to completion before the call returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import Coroutine
 from datetime import datetime
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 
@@ -27,6 +33,7 @@ from realtime.groups import (
 )
 
 logger = logging.getLogger(__name__)
+_in_flight: set[asyncio.Task] = set()  # keeps handed-off sends alive until they finish
 
 
 async def _asend(group: str, event: dict) -> bool:
@@ -41,28 +48,55 @@ async def _asend(group: str, event: dict) -> bool:
     return True
 
 
-def _send(group: str, event: dict) -> bool:
-    return async_to_sync(_asend)(group, event)
+async def _asend_all(sends: list[tuple[str, dict]]) -> bool:
+    return all(await asyncio.gather(*(_asend(group, event) for group, event in sends)))
+
+
+def _server_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop this thread's sync code was called from (asgiref records it), if any."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    return loop if loop is not None and loop.is_running() else None
+
+
+def _spawn(coroutine: Coroutine) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
+
+
+def _send_from_sync(sends: list[tuple[str, dict]]) -> None:
+    loop = _server_loop()
+    if loop is None:
+        async_to_sync(_asend_all)(sends)
+    else:
+        loop.call_soon_threadsafe(_spawn, _asend_all(sends))
+
+
+def _ended(login_ids: list[str], user_ids: set[int], reason: str) -> list[tuple[str, dict]]:
+    event = {"type": EVENT_LOGOUT, "reason": reason}
+    sends = [(login_group(login_id), event) for login_id in login_ids]
+    sessions = {"type": EVENT_SESSIONS}
+    return sends + [(user_sessions_group(user_id), sessions) for user_id in user_ids]
 
 
 async def alogins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> bool:
     """Tell every socket of these logins that they have ended, and their users' sessions pages
-    that the list changed; all sends at once. True when the layer took every message."""
-    event = {"type": EVENT_LOGOUT, "reason": reason}
-    sends = [_asend(login_group(login_id), event) for login_id in login_ids]
-    sends += [asessions_changed(user_id=user_id) for user_id in user_ids]
-    return all(await asyncio.gather(*sends))
+    that the list changed. True when the layer took every message."""
+    return await _asend_all(_ended(login_ids, user_ids, reason))
 
 
-def logins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> bool:
-    """Synchronous edge of `alogins_ended` (one trip to the event loop)."""
-    return async_to_sync(alogins_ended)(login_ids=login_ids, user_ids=user_ids, reason=reason)
+def logins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> None:
+    """Synchronous edge of `alogins_ended`."""
+    _send_from_sync(_ended(login_ids, user_ids, reason))
 
 
 def browser_logged_in(
     *, browser_id: str, login_id: str, user_id: int, username: str, expires_at: datetime
-) -> bool:
-    """Tell every socket of a browser that it is now logged in (they switch to the new login)."""
+) -> None:
+    """Tell every socket of a browser that it is now logged in (they switch to the new login),
+    and the user's sessions pages that the list changed."""
     event = {
         "type": EVENT_LOGIN,
         "login_id": login_id,
@@ -70,22 +104,19 @@ def browser_logged_in(
         "username": username,
         "expires_at": expires_at.timestamp(),
     }
-    return _send(browser_group(browser_id), event)
+    sessions = (user_sessions_group(user_id), {"type": EVENT_SESSIONS})
+    _send_from_sync([(browser_group(browser_id), event), sessions])
 
 
-def expiry_moved(*, login_id: str, expires_at: datetime) -> bool:
+def expiry_moved(*, login_id: str, expires_at: datetime) -> None:
     """Tell a login's sockets its new expiry, after HTTP activity extended it."""
     event = {"type": EVENT_EXPIRY, "expires_at": expires_at.timestamp()}
-    return _send(login_group(login_id), event)
+    _send_from_sync([(login_group(login_id), event)])
 
 
 async def asessions_changed(*, user_id: int) -> bool:
     """Tell the user's open sessions pages to refresh their list."""
     return await _asend(user_sessions_group(user_id), {"type": EVENT_SESSIONS})
-
-
-def sessions_changed(*, user_id: int) -> bool:
-    return async_to_sync(asessions_changed)(user_id=user_id)
 
 
 async def _atab_counts(login_ids: list[str]) -> dict[str, int]:

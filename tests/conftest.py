@@ -19,6 +19,7 @@ from channels.layers import channel_layers
 from tests.helpers import ORIGIN, open_status_socket
 from tests.live import LiveServers, live_password_hash, live_redis_url, redis_available
 
+LIVE_LAYER = "realtime.layers.BlockingPoolRedisChannelLayer"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -77,12 +78,9 @@ def live_servers(transactional_db, redis_url, tmp_path, settings):
 
     This process joins them on Redis too, so what it does (saving a user, say) reaches them.
     """
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": None}]},
-        }
-    }
+    layer = {**settings.CHANNEL_LAYERS["default"], "BACKEND": LIVE_LAYER}
+    layer["CONFIG"] = {"hosts": [{"address": redis_url, "socket_timeout": None, "timeout": 30}]}
+    settings.CHANNEL_LAYERS = {"default": layer}
     servers = LiveServers(
         redis_url=redis_url, log_dir=tmp_path, database=settings.DATABASES["default"]
     )

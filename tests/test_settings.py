@@ -86,7 +86,7 @@ def test_redis_url_selects_redis_cache_and_layer_without_socket_timeout():
         REDIS_URL="redis://127.0.0.1:6379/0",
     )
     assert value.startswith("('asgi_project.cache.SharedRedisCache',")
-    assert "channels_redis.core.RedisChannelLayer" in value
+    assert "realtime.layers.BlockingPoolRedisChannelLayer" in value
     assert "'socket_timeout': None" in value
 
 
