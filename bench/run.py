@@ -305,6 +305,12 @@ METRICS = [
     ),
     ("login requests/s", lambda r: r.get("logins_per_s"), "{:.1f}", True),
     ("logout requests/s", lambda r: r.get("logouts_per_s"), "{:.0f}", True),
+    (
+        "tabs dropped before their logout",
+        lambda r: sum(v for k, v in r.items() if k.endswith("_lost_tabs")),
+        "{:.0f}",
+        False,
+    ),
 ]
 
 
