@@ -69,14 +69,15 @@ class Target:
         jar.update({name: value for name, value in response.cookies.items()})
         return response
 
-    async def login(self, index: int) -> Session:
+    async def login(self, index: int, *, user: int | None = None) -> Session:
+        """Session number `index`, as user `bench{user}` (default: `bench{index}`)."""
         if self.kind == "reference":
             token = self.tokens[index]
             return Session(f"sessionid={token}", token=token)
         jar: dict[str, str] = {}
         await self._request("GET", "/accounts/login/", jar)
         data = {
-            "username": f"bench{index}",
+            "username": f"bench{index if user is None else user}",
             "password": PASSWORD,
             "csrfmiddlewaretoken": jar["csrftoken"],
             "remember": "on",
@@ -107,6 +108,20 @@ class Target:
             assert response.status_code == 302, f"logout failed: {response.status_code}"
 
         await asyncio.gather(*(one(s) for s in sessions))
+
+    async def logout_everywhere(self, sessions: list[Session]) -> None:
+        """All `sessions` (one user's) end: the reference logs them out in one control message;
+        the project through POST /accounts/logout/everywhere/ from the first."""
+        if self.kind == "reference":
+            await self.logout(sessions)
+            return
+        self.http.cookies.clear()
+        response = await self.http.post(
+            "/accounts/logout/everywhere/",
+            data={"csrfmiddlewaretoken": sessions[0].csrf},
+            headers={**self.headers, "Cookie": sessions[0].cookie},
+        )
+        assert response.status_code == 302, f"logout everywhere failed: {response.status_code}"
 
 
 async def open_tabs(target: Target, cookies: list[str], in_flight: int) -> list[ClientConnection]:
@@ -218,6 +233,20 @@ async def fanout(target: Target, p: dict) -> dict:
     return {"fanout_ms": results}
 
 
+async def everywhere(target: Target, p: dict) -> dict:
+    """One user with S sessions x T tabs logs out everywhere: p99 until each tab knows."""
+    sessions = [await target.login(i, user=0) for i in range(p["sessions"])]
+    cookies = [s.cookie for s in sessions for _ in range(p["tabs_per_session"])]
+    tabs = await open_tabs(target, cookies, p["in_flight"])
+    await asyncio.sleep(1)
+    started = time.perf_counter()
+    waits = [asyncio.create_task(until_logout(tab, started)) for tab in tabs]
+    await target.logout_everywhere(sessions)
+    latencies = [seconds for seconds in await asyncio.gather(*waits) if seconds is not None]
+    await close_all(tabs)
+    return {"everywhere": summary(latencies)}
+
+
 async def auth(target: Target, p: dict) -> dict:
     """Login and logout requests per second, `in_flight` at a time (password hashing included)."""
     gate = asyncio.Semaphore(p["in_flight"])
@@ -241,7 +270,13 @@ async def auth(target: Target, p: dict) -> dict:
 async def main() -> None:
     spec = json.loads(sys.argv[1])
     target = Target(spec["target"])
-    scenario = {"storm": storm, "single": single, "fanout": fanout, "auth": auth}[spec["scenario"]]
+    scenario = {
+        "storm": storm,
+        "single": single,
+        "fanout": fanout,
+        "auth": auth,
+        "everywhere": everywhere,
+    }[spec["scenario"]]
     result = await scenario(target, spec["params"])
     result[f"{spec['scenario']}_lost_tabs"] = len(LOST)
     print("RESULT " + json.dumps(result), flush=True)

@@ -47,6 +47,7 @@ FULL = {
     },
     "fanout": {"sizes": [1, 10, 100, 1000, 10000], "repeats": 5, "in_flight": 50},
     "auth": {"logins": 40, "in_flight": 2},
+    "everywhere": {"sessions": 100, "tabs_per_session": 10, "in_flight": 50},
     "users": 200,
 }
 SMOKE = {
@@ -67,6 +68,7 @@ SMOKE = {
     },
     "fanout": {"sizes": [1, 10, 100], "repeats": 2, "in_flight": 10},
     "auth": {"logins": 4, "in_flight": 2},
+    "everywhere": {"sessions": 4, "tabs_per_session": 3, "in_flight": 10},
     "users": 20,
 }
 
@@ -303,6 +305,12 @@ METRICS = [
         "{:.1f}",
         False,
     ),
+    (
+        "logout everywhere, 100 x 10 tabs: p99 ms",
+        lambda r: r.get("everywhere", {}).get("p99_ms"),
+        "{:.0f}",
+        False,
+    ),
     ("login requests/s", lambda r: r.get("logins_per_s"), "{:.1f}", True),
     ("logout requests/s", lambda r: r.get("logouts_per_s"), "{:.0f}", True),
     (
@@ -367,14 +375,14 @@ def main() -> None:
     tokens_file = Path(tempfile.mkdtemp()) / "sessions.json"
     tokens_file.write_text(json.dumps({t: f"bench{i}" for i, t in enumerate(TOKENS)}))
 
-    main_set = ["storm", "single", "fanout", "auth"]
+    main_set = ["storm", "single", "fanout", "everywhere", "auth"]
     small_set = ["storm", "single_small", "auth"]
     rows = [
         measure_row(
             "websockets (reference)",
             "reference",
             lambda: [reference(tokens_file)],
-            ["storm", "single", "fanout"],
+            ["storm", "single", "fanout", "everywhere"],
             plan,
         ),
         measure_row(

@@ -148,14 +148,14 @@ class StatusConsumer(AsyncWebsocketConsumer):
         self.expires_at = expires_at
         # Join before the status goes out, so no logout sent from now on can slip past.
         await self._join(login_group(login_id))
-        watcher().add(login_id, self.channel_name, expires_at)
+        watcher().add(login_id, self, expires_at)
         watcher().tabs_changed(user_id)
 
     async def _leave_login(self) -> None:
         if self.login_id is None:
             return
         group = login_group(self.login_id)
-        watcher().discard(self.login_id, self.channel_name)
+        watcher().discard(self.login_id, self)
         if group in self.joined:
             self.joined.remove(group)
             await self.channel_layer.group_discard(group, self.channel_name)

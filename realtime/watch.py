@@ -3,7 +3,9 @@
 The channel layer is a fast path; the `Login` table and the session store are the truth. One
 watcher per event loop wakes at the earliest expiry among its logins and at least every
 `LIVE_RECHECK_SECONDS`, reads the store fresh in one batch, ends what has expired or lost its
-session, and delivers the ending to its own sockets directly (consumers ignore repeats).
+session, and delivers every ending it finds to its own sockets directly, without the channel
+layer: a logout lost by Redis (down, flushed, a full channel, a group past `group_expiry`) still
+arrives within the interval. Consumers ignore a second logout.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import time
 import weakref
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
@@ -47,28 +48,28 @@ def watcher() -> LoginWatcher:
 class LoginWatcher:
     def __init__(self, *, interval: float) -> None:
         self.interval = interval
-        self.channels: dict[str, set[str]] = {}  # login id -> channel names of its sockets
+        self.sockets: dict[str, set] = {}  # login id -> its consumers (StatusConsumer) here
         self.expires: dict[str, float] = {}  # login id -> expiry, epoch seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._tab_notices: set[int] = set()  # users with a tabs notice pending
         self._background: set[asyncio.Task] = set()
 
-    def add(self, login_id: str, channel_name: str, expires_at: float) -> None:
+    def add(self, login_id: str, consumer, expires_at: float) -> None:
         """Runs when a socket of this login connects (or switches to it)."""
-        self.channels.setdefault(login_id, set()).add(channel_name)
+        self.sockets.setdefault(login_id, set()).add(consumer)
         self.set_expiry(login_id, expires_at)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
-    def discard(self, login_id: str, channel_name: str) -> None:
+    def discard(self, login_id: str, consumer) -> None:
         """Runs when a socket closes or leaves the login."""
-        channels = self.channels.get(login_id)
-        if channels is None:
+        consumers = self.sockets.get(login_id)
+        if consumers is None:
             return
-        channels.discard(channel_name)
-        if not channels:
-            del self.channels[login_id]
+        consumers.discard(consumer)
+        if not consumers:
+            del self.sockets[login_id]
             self.expires.pop(login_id, None)
 
     def tabs_changed(self, user_id: int) -> None:
@@ -94,7 +95,7 @@ class LoginWatcher:
 
     async def _run(self) -> None:
         next_full = time.time() + self.interval
-        while self.channels:
+        while self.sockets:
             now = time.time()
             due = min([next_full, *self.expires.values()])
             try:
@@ -104,7 +105,7 @@ class LoginWatcher:
             self._wake.clear()
             now = time.time()
             full = now >= next_full
-            ids = list(self.channels) if full else [i for i, t in self.expires.items() if t <= now]
+            ids = list(self.sockets) if full else [i for i, t in self.expires.items() if t <= now]
             if full:
                 next_full = now + self.interval
             if ids:
@@ -116,16 +117,17 @@ class LoginWatcher:
 
     async def _check(self, ids: list[str], *, check_sessions: bool) -> None:
         verdicts = await _inspect(ids, check_sessions=check_sessions)
-        layer = get_channel_layer()
         for login_id, (reason, expires_at) in verdicts.items():
             if reason is None:
                 if login_id in self.expires:
                     self.expires[login_id] = expires_at
                 continue
             event = {"type": EVENT_LOGOUT, "reason": reason}
-            for channel_name in list(self.channels.get(login_id, ())):
-                await layer.send(channel_name, event)
-            self.channels.pop(login_id, None)
+            for consumer in list(self.sockets.pop(login_id, ())):
+                try:
+                    await consumer.live_logout(event)
+                except Exception:  # a socket that is already gone
+                    logger.debug("could not deliver a logout to %s", consumer, exc_info=True)
             self.expires.pop(login_id, None)
 
 

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.test import AsyncClient
 
+from accounts.logins import end_logins
 from accounts.models import Login
 from realtime.groups import BROWSER_COOKIE
 from tests.helpers import assert_logged_out, assert_still_open
@@ -195,6 +196,18 @@ async def test_a_session_deleted_behind_the_apps_back_ends_within_the_recheck(
 
     await Session.objects.filter(session_key=session_key).adelete()
     assert await tab.receive_json_from(timeout=3) == {"type": "logout", "reason": "session_ended"}
+
+
+async def test_a_logout_the_channel_layer_lost_still_arrives_within_the_recheck(
+    status_socket, alice, settings
+):
+    settings.LIVE_RECHECK_SECONDS = 1
+    client = await browser(alice)
+    tab, _ = await status_socket(cookies=client.cookies)
+    login = Login.objects.filter(id=await login_id_of(client))
+    # Ended with no broadcast at all: as if Redis had dropped the message.
+    await sync_to_async(end_logins)(login, "revoked", notify=False)
+    assert await tab.receive_json_from(timeout=3) == {"type": "logout", "reason": "revoked"}
 
 
 async def test_a_session_evicted_from_the_cache_ends_within_the_recheck(
