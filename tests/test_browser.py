@@ -40,6 +40,14 @@ async def chromium():
             await browser.close()
 
 
+async def log_in(page, base_url: str, username: str = "alice") -> None:
+    await page.goto("/accounts/login/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", LIVE_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base_url + "/")
+
+
 @pytest.mark.timeout(90)
 async def test_logout_in_one_tab_shows_in_the_other_without_reload(
     live_servers, live_users, chromium
@@ -49,11 +57,7 @@ async def test_logout_in_one_tab_shows_in_the_other_without_reload(
     context.set_default_timeout(10_000)
     try:
         tab1 = await context.new_page()
-        await tab1.goto("/accounts/login/")
-        await tab1.fill("#id_username", "alice")
-        await tab1.fill("#id_password", LIVE_PASSWORD)
-        await tab1.click("button[type=submit]")
-        await tab1.wait_for_url(server.http_url + "/")
+        await log_in(tab1, server.http_url)
 
         tab2 = await context.new_page()
         await tab2.goto("/")
@@ -74,14 +78,6 @@ async def test_logout_in_one_tab_shows_in_the_other_without_reload(
         assert await tab2.locator("form.auth-only").is_hidden()  # the logout button
     finally:
         await context.close()
-
-
-async def log_in(page, base_url: str, username: str = "alice") -> None:
-    await page.goto("/accounts/login/")
-    await page.fill("#id_username", username)
-    await page.fill("#id_password", LIVE_PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(base_url + "/")
 
 
 @pytest.mark.timeout(90)
