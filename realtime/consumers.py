@@ -9,6 +9,7 @@ watcher tell it what changed.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from realtime.groups import (
     BROWSER_COOKIE,
     CLOSE_LOGGED_OUT,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG,
+    MAX_FRAME_BYTES,
+    RATE_BURST,
+    RATE_PER_SECOND,
     browser_group,
     is_valid_id,
     login_group,
@@ -39,6 +45,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
     expires_at: float = 0.0
     ended = False
     watching_sessions = False
+    bucket: tuple[float, float] | None = None  # (tokens, when) of the message rate limit
 
     # --- Connection lifecycle -----------------------------------------------------------------
 
@@ -77,7 +84,15 @@ class StatusConsumer(AsyncWebsocketConsumer):
     # --- Client messages ----------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Runs for every frame the client sends; bad input is answered, never fatal."""
+        """Runs for every frame the client sends; bad input is answered, never fatal, but an
+        oversized frame (1009) or a flood of them (1008) closes the socket."""
+        frame = text_data.encode() if text_data is not None else bytes_data or b""
+        if len(frame) > MAX_FRAME_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        if not self._take_token():
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+            return
         if text_data is None:
             await self.send_error("binary frames are not supported")
             return
@@ -94,6 +109,14 @@ class StatusConsumer(AsyncWebsocketConsumer):
             await self._watch_sessions()
         else:
             await self.send_error("unknown message type")
+
+    def _take_token(self) -> bool:
+        """A token bucket: RATE_PER_SECOND on average, bursts of RATE_BURST."""
+        now = time.monotonic()
+        tokens, last = self.bucket or (float(RATE_BURST), now)
+        tokens = min(float(RATE_BURST), tokens + (now - last) * RATE_PER_SECOND)
+        self.bucket = (tokens - 1, now)
+        return tokens >= 1
 
     async def _watch_sessions(self) -> None:
         if self.user_id is None:

@@ -27,6 +27,15 @@ EVENT_SESSIONS = "live.sessions"  # the user's list of logins or their tab count
 
 # Close codes sent to the browser (4000-4999 is the range RFC 6455 leaves to applications).
 CLOSE_LOGGED_OUT = 4001
+# RFC 6455 codes for hostile input: a policy violation (too many messages) and a message too big.
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+
+# What one socket may send: frames up to MAX_FRAME_BYTES, and messages at RATE_PER_SECOND on
+# average with bursts of RATE_BURST (a token bucket). Clients need one ping a few times a minute.
+MAX_FRAME_BYTES = 64 * 1024
+RATE_PER_SECOND = 10
+RATE_BURST = 20
 
 # Why a login ended, as sent in {"type": "logout", "reason": ...}.
 REASON_LOGOUT = "logout"

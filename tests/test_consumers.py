@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import pytest
 from django.test import AsyncClient
 
+from realtime.groups import RATE_BURST, RATE_PER_SECOND
 from tests.helpers import assert_logged_out, assert_still_open
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,3 +113,33 @@ async def test_binary_frames_get_an_error(status_socket):
         "error": "binary frames are not supported",
     }
     await assert_still_open(socket)
+
+
+async def test_a_frame_over_64_kib_closes_with_1009(status_socket):
+    socket, _ = await status_socket()
+    await socket.send_to(text_data='{"type": "ping", "pad": "' + "x" * 70_000 + '"}')
+    assert await socket.receive_output(timeout=2) == {"type": "websocket.close", "code": 1009}
+
+
+async def test_a_frame_just_under_the_limit_is_answered(status_socket):
+    socket, _ = await status_socket()
+    await socket.send_to(text_data='{"type": "ping", "pad": "' + "x" * 60_000 + '"}')
+    assert await socket.receive_json_from(timeout=2) == {"type": "pong"}
+
+
+async def test_a_flood_of_messages_closes_with_1008(status_socket):
+    socket, _ = await status_socket()
+    for _ in range(RATE_BURST + 5):
+        await socket.send_json_to({"type": "ping"})
+    outputs = [await socket.receive_output(timeout=2) for _ in range(RATE_BURST + 1)]
+    assert all(o["type"] == "websocket.send" for o in outputs[:RATE_BURST])
+    assert outputs[RATE_BURST] == {"type": "websocket.close", "code": 1008}
+
+
+async def test_messages_within_the_rate_are_all_answered(status_socket):
+    socket, _ = await status_socket()
+    for _ in range(3):
+        for _ in range(RATE_BURST // 2):
+            await socket.send_json_to({"type": "ping"})
+            assert await socket.receive_json_from(timeout=2) == {"type": "pong"}
+        await asyncio.sleep(RATE_BURST / 2 / RATE_PER_SECOND)
