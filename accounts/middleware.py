@@ -81,10 +81,8 @@ class LiveLoginMiddleware:
             self._finish_start(request, started)
             return
         login = request.live_login
-        if login is None or getattr(request, "user", None) is None:
-            return
-        if not request.user.is_authenticated:
-            return  # logged out during this request
+        if login is None or not request.user.is_authenticated:
+            return  # anonymous, or logged out during this request
         session = request.session
         changes = {}
         if session.modified:

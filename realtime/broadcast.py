@@ -74,11 +74,14 @@ def _send_from_sync(sends: list[tuple[str, dict]]) -> None:
         loop.call_soon_threadsafe(_spawn, _asend_all(sends))
 
 
+def _sessions_changed(user_id: int) -> tuple[str, dict]:
+    return user_sessions_group(user_id), {"type": EVENT_SESSIONS}
+
+
 def _ended(login_ids: list[str], user_ids: set[int], reason: str) -> list[tuple[str, dict]]:
     event = {"type": EVENT_LOGOUT, "reason": reason}
     sends = [(login_group(login_id), event) for login_id in login_ids]
-    sessions = {"type": EVENT_SESSIONS}
-    return sends + [(user_sessions_group(user_id), sessions) for user_id in user_ids]
+    return sends + [_sessions_changed(user_id) for user_id in user_ids]
 
 
 async def alogins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> bool:
@@ -104,8 +107,7 @@ def browser_logged_in(
         "username": username,
         "expires_at": expires_at.timestamp(),
     }
-    sessions = (user_sessions_group(user_id), {"type": EVENT_SESSIONS})
-    _send_from_sync([(browser_group(browser_id), event), sessions])
+    _send_from_sync([(browser_group(browser_id), event), _sessions_changed(user_id)])
 
 
 def expiry_moved(*, login_id: str, expires_at: datetime) -> None:
@@ -116,7 +118,7 @@ def expiry_moved(*, login_id: str, expires_at: datetime) -> None:
 
 async def asessions_changed(*, user_id: int) -> bool:
     """Tell the user's open sessions pages to refresh their list."""
-    return await _asend(user_sessions_group(user_id), {"type": EVENT_SESSIONS})
+    return await _asend(*_sessions_changed(user_id))
 
 
 async def _atab_counts(login_ids: list[str]) -> dict[str, int]:

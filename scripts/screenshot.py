@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import daphne  # noqa: E402
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",
@@ -28,12 +31,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def shoot(base_url: str, out: Path) -> None:
@@ -73,42 +70,17 @@ async def shoot(base_url: str, out: Path) -> None:
 
 
 def main() -> None:
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "DJANGO_DEBUG": "true", "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3"}
         env.pop("REDIS_URL", None)
         for command in (["migrate", "-v0"], ["create_demo_users"]):
             subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True)
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "asgi_project.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+        server = daphne(env)  # the benchmark's: a free loopback port, waited for until it serves
         try:
-            asyncio.run(asyncio.wait_for(_when_ready_then_shoot(port), 60))
+            base_url = f"http://127.0.0.1:{server.port}"
+            asyncio.run(asyncio.wait_for(shoot(base_url, ROOT / "docs" / "two-tabs.png"), 60))
         finally:
-            server.terminate()
-            server.wait(10)
-
-
-async def _when_ready_then_shoot(port: int) -> None:
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.1)
-    await shoot(f"http://127.0.0.1:{port}", ROOT / "docs" / "two-tabs.png")
+            server.stop()
 
 
 if __name__ == "__main__":
