@@ -128,6 +128,9 @@ if REDIS_URL:
                         "timeout": 30,
                     }
                 ],
+                # Members older than this leave their groups; open sockets renew theirs every
+                # half of it (realtime/watch.py).
+                "group_expiry": env_int("CHANNEL_GROUP_EXPIRY", default=86400, minimum=2),
             },
         }
     }
@@ -207,5 +210,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"realtime": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {"realtime": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

@@ -5,4 +5,9 @@ class RealtimeConfig(AppConfig):
     name = "realtime"
 
     def ready(self) -> None:
-        from realtime import signals  # noqa: F401  (connects the auth signal receivers)
+        from realtime import (
+            daphne_fixes,
+            signals,  # noqa: F401  (connects the auth signal receivers)
+        )
+
+        daphne_fixes.apply()

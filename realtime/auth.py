@@ -5,17 +5,26 @@ status consumer also needs the user's `Login` row; a second call would cost a se
 Channels' single database thread (and, without pooling, a second database connection) on every
 connect. This subclass makes both lookups in the first trip and leaves the row in
 `scope["live_login"]` (None when anonymous or when the login has ended).
+
+When the database or the session store cannot be reached, the failure is logged and the scope is
+marked `live_unavailable`: the consumer refuses the socket cleanly (1013, try again later) instead
+of failing the handshake with a server error.
 """
 
 from __future__ import annotations
+
+import logging
 
 from channels.auth import AuthMiddleware, get_user
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.contrib.auth.models import AnonymousUser
 
 from accounts import logins
 from realtime.groups import LOGIN_ID_SESSION_KEY
+
+logger = logging.getLogger(__name__)
 
 
 @database_sync_to_async
@@ -29,7 +38,12 @@ def _resolve(scope):
 
 class LiveAuthMiddleware(AuthMiddleware):
     async def resolve_scope(self, scope) -> None:
-        scope["user"]._wrapped, scope["live_login"] = await _resolve(scope)
+        try:
+            scope["user"]._wrapped, scope["live_login"] = await _resolve(scope)
+        except Exception:
+            logger.exception("could not resolve the user of a socket")
+            scope["user"]._wrapped, scope["live_login"] = AnonymousUser(), None
+            scope["live_unavailable"] = True
 
 
 def LiveAuthMiddlewareStack(inner) -> BaseMiddleware:

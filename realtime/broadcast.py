@@ -31,6 +31,7 @@ from realtime.groups import (
     login_group,
     user_sessions_group,
 )
+from realtime.layers import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 _in_flight: set[asyncio.Task] = set()  # keeps handed-off sends alive until they finish
@@ -42,6 +43,9 @@ async def _asend(group: str, event: dict) -> bool:
         return False
     try:
         await layer.group_send(group, event)
+    except REDIS_DOWN as error:
+        logger.warning("could not send %s to the channel layer: %r", event["type"], error)
+        return False
     except Exception:
         logger.exception("could not send %s to the channel layer", event["type"])
         return False

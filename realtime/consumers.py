@@ -8,7 +8,9 @@ watcher tell it what changed.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +20,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from realtime.groups import (
     BROWSER_COOKIE,
+    CLOSE_GOING_AWAY,
     CLOSE_LOGGED_OUT,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
     MAX_FRAME_BYTES,
     RATE_BURST,
     RATE_PER_SECOND,
@@ -29,7 +33,13 @@ from realtime.groups import (
     login_group,
     user_sessions_group,
 )
+from realtime.layers import REDIS_DOWN
 from realtime.watch import watcher
+
+logger = logging.getLogger(__name__)
+
+# How long a socket may spend leaving its groups while the server shuts down.
+SHUTDOWN_LEAVE_SECONDS = 2.0
 
 
 def _iso_utc(epoch: float) -> str:
@@ -44,14 +54,51 @@ class StatusConsumer(AsyncWebsocketConsumer):
     username: str | None = None
     expires_at: float = 0.0
     ended = False
+    accepted = False
     watching_sessions = False
     bucket: tuple[float, float] | None = None  # (tokens, when) of the message rate limit
 
     # --- Connection lifecycle -----------------------------------------------------------------
 
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server is shutting down (Daphne cancels every application on SIGTERM): say
+            # "going away" so the client reconnects with backoff, and leave the shared groups
+            # so other processes stop counting this tab.
+            if self.accepted:
+                self.accepted = False
+                await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY})
+            try:
+                await asyncio.wait_for(self.disconnect(CLOSE_GOING_AWAY), SHUTDOWN_LEAVE_SECONDS)
+            except Exception:
+                logger.warning("could not leave the channel-layer groups at shutdown")
+            raise
+
     async def connect(self) -> None:
         """Runs once the origin check and auth middleware have resolved the user."""
         self.joined: list[str] = []
+        unavailable = self.scope.get("live_unavailable", False)
+        if not unavailable:
+            try:
+                await self._join_all()
+            except REDIS_DOWN:
+                logger.warning("refused a socket: Redis is unreachable")
+                unavailable = True
+        if unavailable:
+            # The database, session store or channel layer is unreachable: a clean refusal the
+            # client retries with backoff (RFC 6455's "try again later").
+            await self.disconnect(CLOSE_TRY_AGAIN)
+            await self.accept()
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        await self.accept()
+        self.accepted = True
+        watcher().opened(self)
+        await self.send_status()
+
+    async def _join_all(self) -> None:
         browser_id = self.scope["cookies"].get(BROWSER_COOKIE)
         if is_valid_id(browser_id):
             await self._join(browser_group(browser_id))
@@ -60,18 +107,28 @@ class StatusConsumer(AsyncWebsocketConsumer):
             await self._enter_login(
                 login.id, user.pk, user.get_username(), login.expires_at.timestamp()
             )
-        await self.accept()
-        await self.send_status()
 
     async def disconnect(self, code: int) -> None:
         """Runs when the socket closes, for whatever reason."""
-        if self.ended and self.login_id:
+        self.accepted = False
+        watcher().closed(self)
+        joined = getattr(self, "joined", [])  # absent if the socket never reached connect()
+        if self.ended and self.login_id and login_group(self.login_id) in joined:
             # An ended login's group gets nothing more; its key expires in Redis by itself
             # (group_expiry). Skipping the discard saves a round trip per tab in a logout storm.
-            self.joined.remove(login_group(self.login_id))
-        await self._leave_login()
-        for group in self.joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            joined.remove(login_group(self.login_id))
+        try:
+            await self._leave_login()
+            while joined:
+                await self.channel_layer.group_discard(joined.pop(), self.channel_name)
+        except REDIS_DOWN:
+            # Redis is unreachable: the memberships expire there by themselves (group_expiry).
+            logger.warning("could not leave the channel-layer groups: Redis is unreachable")
+
+    async def rejoin(self) -> None:
+        """Add this socket to its groups again (after Redis lost them, or before they expire)."""
+        for group in list(getattr(self, "joined", [])):
+            await self.channel_layer.group_add(group, self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs for every event; unlike Channels' own, without closing old database connections

@@ -27,6 +27,10 @@ EVENT_SESSIONS = "live.sessions"  # the user's list of logins or their tab count
 
 # Close codes sent to the browser (4000-4999 is the range RFC 6455 leaves to applications).
 CLOSE_LOGGED_OUT = 4001
+# RFC 6455's "going away": the server is shutting down (SIGTERM); reconnect with backoff.
+CLOSE_GOING_AWAY = 1001
+# RFC 6455's "try again later": the database, session store or Redis is unreachable at connect.
+CLOSE_TRY_AGAIN = 1013
 # RFC 6455 codes for hostile input: a policy violation (too many messages) and a message too big.
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009

@@ -8,17 +8,49 @@
   after the consumer is gone (django/channels_redis#384, #426): one entry per socket that ever
   connected, so memory never came back after tabs closed. An empty queue is dropped here when its
   consumer's receive is cancelled, which is how every consumer ends.
+- When Redis is unreachable, channels-redis raises in whichever consumer holds the receive lock,
+  and every socket of the process dies with 1011 in turn. Here a receive that loses Redis waits
+  instead: one probe per process pings Redis every `RETRY_SECONDS` and wakes them all when it
+  answers, then runs the recovery callbacks (consumers rejoin their groups, which a restarted or
+  flushed Redis has lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
+
+# What an unreachable, restarting or overloaded Redis raises.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+RETRY_SECONDS = 1.0
 
 
 class BlockingPoolRedisChannelLayer(RedisChannelLayer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._redis_back: asyncio.Event | None = None  # set while Redis is unreachable
+        self._probe: asyncio.Task | None = None
+        self.recovery_callbacks: set[Callable[[], Awaitable[None]]] = set()
+        self._sentinel_key = f"{self.prefix}:live-sentinel:{self.client_prefix}"
+        self._sentinel_set = False
+
+    async def redis_was_reset(self) -> bool:
+        """Whether Redis lost this process's data (a restart or a flush) since the last call.
+
+        A restart is invisible otherwise: redis-py reconnects by itself and the blocking receive
+        goes on, while every group membership is gone. A sentinel key that disappears tells."""
+        created = await self.connection(0).set(self._sentinel_key, 1, nx=True)
+        first, self._sentinel_set = not self._sentinel_set, True
+        return bool(created) and not first
+
     def create_pool(self, index: int) -> BlockingConnectionPool:
         """Runs once per shard and event loop. Hosts are dicts with an "address" URL; the rest
         are pool and connection options (`max_connections`, `timeout` to wait for one, ...)."""
@@ -26,10 +58,37 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
     async def receive(self, channel: str) -> dict:
-        try:
-            return await super().receive(channel)
-        except asyncio.CancelledError:
-            queue = self.receive_buffer.get(channel)
-            if queue is not None and queue.empty():
-                del self.receive_buffer[channel]
-            raise
+        while True:
+            try:
+                return await super().receive(channel)
+            except asyncio.CancelledError:
+                queue = self.receive_buffer.get(channel)
+                if queue is not None and queue.empty():
+                    del self.receive_buffer[channel]
+                raise
+            except REDIS_DOWN:
+                await self._wait_for_redis()
+
+    async def _wait_for_redis(self) -> None:
+        if self._redis_back is None:
+            logger.warning("Redis is unreachable; sockets stay open and wait for it")
+            self._redis_back = asyncio.Event()
+            self._probe = asyncio.create_task(self._probe_until_back(self._redis_back))
+        await self._redis_back.wait()
+
+    async def _probe_until_back(self, back: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            try:
+                await self.connection(0).ping()
+                break
+            except REDIS_DOWN:
+                continue
+        logger.warning("Redis is reachable again; sockets rejoin their groups")
+        self._redis_back = None
+        back.set()
+        for callback in list(self.recovery_callbacks):
+            try:
+                await callback()
+            except Exception:
+                logger.exception("a recovery callback failed")

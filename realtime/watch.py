@@ -6,6 +6,10 @@ watcher per event loop wakes at the earliest expiry among its logins and at leas
 session, and delivers every ending it finds to its own sockets directly, without the channel
 layer: a logout lost by Redis (down, flushed, a full channel, a group past `group_expiry`) still
 arrives within the interval. Consumers ignore a second logout.
+
+The watcher also knows every open socket of its loop, so their channel-layer group memberships
+can be renewed: after Redis comes back from an outage (a restarted or flushed Redis has lost
+them), and every half `group_expiry` (channels-redis drops members older than that).
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from realtime.groups import (
     REASON_REPLACED,
     REASON_SESSION_ENDED,
 )
+from realtime.layers import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
 TABS_NOTICE_DELAY = 0.25  # seconds; the sessions page's tab counts lag by at most this
+REJOIN_BATCH = 100  # sockets renewing their groups at once
+REJOIN_ATTEMPTS = 5
 
 _watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -54,6 +61,58 @@ class LoginWatcher:
         self._task: asyncio.Task | None = None
         self._tab_notices: set[int] = set()  # users with a tabs notice pending
         self._background: set[asyncio.Task] = set()
+        self.open: set = set()  # every socket of this loop, logged in or not
+        self._renewal: asyncio.Task | None = None
+
+    def opened(self, consumer) -> None:
+        """Runs when any socket is accepted: its groups will be renewed when they may be lost."""
+        self.open.add(consumer)
+        layer = consumer.channel_layer
+        if hasattr(layer, "recovery_callbacks"):
+            layer.recovery_callbacks.add(self.rejoin_all)
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.create_task(self._renew(layer))
+
+    def closed(self, consumer) -> None:
+        self.open.discard(consumer)
+
+    async def rejoin_all(self) -> None:
+        """Every open socket adds itself to its groups again (adding twice is harmless). Right
+        after Redis restarts, pooled connections fail once each: those sockets try again."""
+        pending = list(self.open)
+        for attempt in range(REJOIN_ATTEMPTS):
+            failed = []
+            for start in range(0, len(pending), REJOIN_BATCH):
+                batch = pending[start : start + REJOIN_BATCH]
+                results = await asyncio.gather(*(c.rejoin() for c in batch), return_exceptions=True)
+                failed += [
+                    c for c, r in zip(batch, results, strict=True) if isinstance(r, Exception)
+                ]
+            if not failed:
+                return
+            pending = failed
+            await asyncio.sleep(0.2 * (attempt + 1))
+        logger.warning("%d sockets could not rejoin their groups", len(pending))
+
+    async def _renew(self, layer) -> None:
+        """While sockets are open: rejoin every half `group_expiry`, and at once when Redis has
+        lost its data (restarted or flushed), checked every `LIVE_RECHECK_SECONDS`."""
+        expiry = getattr(layer, "group_expiry", None)
+        if not expiry or not hasattr(layer, "redis_was_reset"):
+            return  # the in-memory layer: groups live in this process and never expire
+        every = min(self.interval, expiry / 2)
+        renewed = time.monotonic()
+        while self.open:
+            try:
+                reset = await layer.redis_was_reset()
+            except REDIS_DOWN:
+                reset = False  # the layer's own probe rejoins when Redis answers again
+            if reset or time.monotonic() - renewed >= expiry / 2 - every:
+                if reset:
+                    logger.warning("Redis lost its groups (restarted or flushed); rejoining")
+                await self.rejoin_all()
+                renewed = time.monotonic()
+            await asyncio.sleep(every)
 
     def add(self, login_id: str, consumer, expires_at: float) -> None:
         """Runs when a socket of this login connects (or switches to it)."""

@@ -86,8 +86,9 @@ class Server:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/status/"
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def log(self, tail: int | None = 4000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text[-tail:] if tail else text
 
 
 @dataclass
@@ -107,8 +108,18 @@ class LiveServers:
         self.servers.extend(started)
         return started
 
-    def _spawn(self, extra_env: dict[str, str]) -> Server:
-        port = free_port()
+    def restart(self, server: Server) -> Server:
+        """Stop `server` with SIGTERM, as a deploy would, and start it again on the same port."""
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(STOP_TIMEOUT)
+        self.servers.remove(server)
+        again = self._spawn(server.env, port=server.port)
+        self._wait_ready(again)
+        self.servers.append(again)
+        return again
+
+    def _spawn(self, extra_env: dict[str, str], *, port: int | None = None) -> Server:
+        port = port or free_port()
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "asgi_project.settings",
@@ -119,7 +130,7 @@ class LiveServers:
             **extra_env,
         }
         log_path = self.log_dir / f"daphne-{port}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -162,6 +173,44 @@ class LiveServers:
                 server.process.kill()
                 server.process.wait(STOP_TIMEOUT)
         self.servers.clear()
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a free loopback port, for tests that stop, restart or flush it."""
+
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        with (self.log_dir / f"redis-{self.port}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
+                    *("--save", "", "--appendonly", "no"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not redis_available(self.url):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(STOP_TIMEOUT)
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
 
 
 class Browser:
