@@ -6,8 +6,10 @@ With nothing set, the project runs on its embedded defaults: SQLite and the in-m
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from asgi_project.env import (
@@ -50,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "accounts",
     "realtime",
 ]
@@ -64,6 +67,8 @@ MIDDLEWARE = [
     "accounts.middleware.LiveLoginMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "asgi_project.urls"
@@ -159,6 +164,40 @@ CSRF_COOKIE_SAMESITE = "Lax"
 # Open sockets re-check their login against the session store at least this often (seconds), to
 # catch sessions that vanished behind the app's back (row deleted, cache evicted, clearsessions).
 LIVE_RECHECK_SECONDS = env_int("LIVE_RECHECK_SECONDS", default=30, minimum=1, maximum=86400)
+# Open sockets allowed per login (one browser's session) and per user, across all processes.
+LIVE_MAX_SOCKETS_PER_LOGIN = env_int("LIVE_MAX_SOCKETS_PER_LOGIN", default=100, minimum=1)
+LIVE_MAX_SOCKETS_PER_USER = env_int("LIVE_MAX_SOCKETS_PER_USER", default=500, minimum=1)
+
+# --- Brute force (django-axes) -------------------------------------------------------------------
+# Failed logins count per username (whatever the address) and per client address (whatever the
+# username); the 20th failure locks that username or address out, the right password included,
+# for the cool-off, after which it is free again: an attacker can delay a user, never lock them out
+# for good. Unknown usernames count and lock the same way, so a lockout says nothing about which
+# usernames exist. Behind a proxy, Daphne's --proxy-headers makes the client address the real one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 20
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_COOLOFF_TIME = timedelta(
+    seconds=env_int("LOGIN_COOLOFF_SECONDS", default=900, minimum=1, maximum=86400)
+)
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # the Login table records every login already
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# --- Content Security Policy (django-csp): everything from this origin, nothing inline ----------
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "base-uri": [NONE],
+        "object-src": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

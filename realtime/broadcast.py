@@ -43,6 +43,8 @@ async def _asend(group: str, event: dict) -> bool:
         return False
     try:
         await layer.group_send(group, event)
+        if event["type"] == EVENT_LOGOUT:
+            await _clear(layer, group)
     except REDIS_DOWN as error:
         logger.warning("could not send %s to the channel layer: %r", event["type"], error)
         return False
@@ -50,6 +52,15 @@ async def _asend(group: str, event: dict) -> bool:
         logger.exception("could not send %s to the channel layer", event["type"])
         return False
     return True
+
+
+async def _clear(layer, group: str) -> None:
+    """An ended login's group gets nothing more: drop it whole, once the logout is queued to every
+    member (its sockets skip their own discard, saving a round trip each in a logout storm)."""
+    if hasattr(layer, "group_clear"):
+        await layer.group_clear(group)
+    else:  # the in-memory layer
+        getattr(layer, "groups", {}).pop(group, None)
 
 
 async def _asend_all(sends: list[tuple[str, dict]]) -> bool:
@@ -125,20 +136,25 @@ async def asessions_changed(*, user_id: int) -> bool:
     return await _asend(*_sessions_changed(user_id))
 
 
-async def _atab_counts(login_ids: list[str]) -> dict[str, int]:
+async def group_sizes(groups: list[str]) -> list[int]:
+    """How many sockets each group holds right now, across every process."""
     layer = get_channel_layer()
-    counts = {}
-    for login_id in login_ids:
-        group = login_group(login_id)
-        if isinstance(layer, RedisChannelLayer):
-            # A group is a sorted set of channel names scored by join time, shared by every
-            # process; members older than group_expiry are dead (channels-redis's own rule).
-            connection = layer.connection(layer.consistent_hash(group))
-            oldest = time.time() - layer.group_expiry
-            counts[login_id] = await connection.zcount(layer._group_key(group), oldest, "+inf")
-        else:
-            counts[login_id] = len(getattr(layer, "groups", {}).get(group, ()))
-    return counts
+    if not isinstance(layer, RedisChannelLayer):
+        return [len(getattr(layer, "groups", {}).get(group, ())) for group in groups]
+    # A group is a sorted set of channel names scored by join time, shared by every process;
+    # members older than group_expiry are dead (channels-redis's own rule).
+    oldest = time.time() - layer.group_expiry
+
+    async def size(group: str) -> int:
+        connection = layer.connection(layer.consistent_hash(group))
+        return await connection.zcount(layer._group_key(group), oldest, "+inf")
+
+    return list(await asyncio.gather(*(size(group) for group in groups)))
+
+
+async def _atab_counts(login_ids: list[str]) -> dict[str, int]:
+    sizes = await group_sizes([login_group(login_id) for login_id in login_ids])
+    return dict(zip(login_ids, sizes, strict=True))
 
 
 def tab_counts(login_ids: list[str]) -> dict[str, int]:

@@ -17,13 +17,16 @@ from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
+from realtime.broadcast import group_sizes
 from realtime.groups import (
     BROWSER_COOKIE,
     CLOSE_GOING_AWAY,
     CLOSE_LOGGED_OUT,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_SOCKETS,
     CLOSE_TRY_AGAIN,
     MAX_FRAME_BYTES,
     RATE_BURST,
@@ -32,6 +35,7 @@ from realtime.groups import (
     is_valid_id,
     login_group,
     user_sessions_group,
+    user_tabs_group,
 )
 from realtime.layers import REDIS_DOWN
 from realtime.watch import watcher
@@ -79,34 +83,46 @@ class StatusConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Runs once the origin check and auth middleware have resolved the user."""
         self.joined: list[str] = []
-        unavailable = self.scope.get("live_unavailable", False)
-        if not unavailable:
+        refusal: tuple[int, str | None] | None = None
+        if self.scope.get("live_unavailable"):
+            refusal = (CLOSE_TRY_AGAIN, None)
+        else:
             try:
-                await self._join_all()
+                refusal = await self._join_all()
             except REDIS_DOWN:
                 logger.warning("refused a socket: Redis is unreachable")
-                unavailable = True
-        if unavailable:
-            # The database, session store or channel layer is unreachable: a clean refusal the
-            # client retries with backoff (RFC 6455's "try again later").
-            await self.disconnect(CLOSE_TRY_AGAIN)
+                refusal = (CLOSE_TRY_AGAIN, None)
+        if refusal is not None:
+            # Unavailable (the database, session store or Redis; RFC 6455's "try again later")
+            # or over a socket limit: accept only to say so, then close.
+            code, error = refusal
+            await self.disconnect(code)
             await self.accept()
-            await self.close(code=CLOSE_TRY_AGAIN)
+            if error:
+                await self.send_error(error)
+            await self.close(code=code)
             return
         await self.accept()
         self.accepted = True
         watcher().opened(self)
         await self.send_status()
 
-    async def _join_all(self) -> None:
+    async def _join_all(self) -> tuple[int, str] | None:
+        """Join this socket's groups, or say why it may not open."""
         browser_id = self.scope["cookies"].get(BROWSER_COOKIE)
         if is_valid_id(browser_id):
             await self._join(browser_group(browser_id))
         user, login = self.scope["user"], self.scope["live_login"]
-        if login is not None:  # None: anonymous, or an ended login's cookie replayed
-            await self._enter_login(
-                login.id, user.pk, user.get_username(), login.expires_at.timestamp()
-            )
+        if login is None:  # anonymous, or an ended login's cookie replayed
+            return None
+        per_login, per_user = await group_sizes([login_group(login.id), user_tabs_group(user.pk)])
+        if per_login >= settings.LIVE_MAX_SOCKETS_PER_LOGIN:
+            return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this session")
+        if per_user >= settings.LIVE_MAX_SOCKETS_PER_USER:
+            return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this user")
+        expires_at = login.expires_at.timestamp()
+        await self._enter_login(login.id, user.pk, user.get_username(), expires_at)
+        return None
 
     async def disconnect(self, code: int) -> None:
         """Runs when the socket closes, for whatever reason."""
@@ -114,8 +130,8 @@ class StatusConsumer(AsyncWebsocketConsumer):
         watcher().closed(self)
         joined = getattr(self, "joined", [])  # absent if the socket never reached connect()
         if self.ended and self.login_id and login_group(self.login_id) in joined:
-            # An ended login's group gets nothing more; its key expires in Redis by itself
-            # (group_expiry). Skipping the discard saves a round trip per tab in a logout storm.
+            # An ended login's group is dropped whole by whoever sent the logout
+            # (realtime.broadcast); skipping the discard saves a round trip per tab in a storm.
             joined.remove(login_group(self.login_id))
         try:
             await self._leave_login()
@@ -155,7 +171,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
             return
         try:
             message = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             await self.send_error("invalid JSON")
             return
         if not isinstance(message, dict):
@@ -228,17 +244,18 @@ class StatusConsumer(AsyncWebsocketConsumer):
         self.expires_at = expires_at
         # Join before the status goes out, so no logout sent from now on can slip past.
         await self._join(login_group(login_id))
+        await self._join(user_tabs_group(user_id))
         watcher().add(login_id, self, expires_at)
         watcher().tabs_changed(user_id)
 
     async def _leave_login(self) -> None:
         if self.login_id is None:
             return
-        group = login_group(self.login_id)
         watcher().discard(self.login_id, self)
-        if group in self.joined:
-            self.joined.remove(group)
-            await self.channel_layer.group_discard(group, self.channel_name)
+        for group in (login_group(self.login_id), user_tabs_group(self.user_id)):
+            if group in self.joined:
+                self.joined.remove(group)
+                await self.channel_layer.group_discard(group, self.channel_name)
         watcher().tabs_changed(self.user_id)
         self.login_id = self.user_id = self.username = None
 

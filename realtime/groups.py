@@ -31,6 +31,8 @@ CLOSE_LOGGED_OUT = 4001
 CLOSE_GOING_AWAY = 1001
 # RFC 6455's "try again later": the database, session store or Redis is unreachable at connect.
 CLOSE_TRY_AGAIN = 1013
+# Too many open sockets for this login or user (settings.LIVE_MAX_SOCKETS_PER_LOGIN / _USER).
+CLOSE_TOO_MANY_SOCKETS = 4029
 # RFC 6455 codes for hostile input: a policy violation (too many messages) and a message too big.
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
@@ -82,6 +84,11 @@ def login_group(login_id: str) -> str:
 def browser_group(browser_id: str) -> str:
     """Every socket of one browser, logged in or not."""
     return _group("live.browser.", browser_id)
+
+
+def user_tabs_group(user_id: int) -> str:
+    """Every logged-in socket of this user (counted for the per-user limit, never sent to)."""
+    return _group("live.tabs.", str(int(user_id)))
 
 
 def user_sessions_group(user_id: int) -> str:

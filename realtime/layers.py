@@ -42,6 +42,10 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         self._sentinel_key = f"{self.prefix}:live-sentinel:{self.client_prefix}"
         self._sentinel_set = False
 
+    async def group_clear(self, group: str) -> None:
+        """Drop a whole group (an ended login's) with one command, not one per member."""
+        await self.connection(self.consistent_hash(group)).delete(self._group_key(group))
+
     async def redis_was_reset(self) -> bool:
         """Whether Redis lost this process's data (a restart or a flush) since the last call.
 

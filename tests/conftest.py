@@ -12,12 +12,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from channels.layers import channel_layers
 
 from tests.helpers import ORIGIN, open_status_socket
-from tests.live import LiveServers, live_password_hash, live_redis_url, redis_available
+from tests.live import (
+    LiveServers,
+    RedisServer,
+    live_password_hash,
+    live_redis_url,
+    redis_available,
+)
 
 LIVE_LAYER = "realtime.layers.BlockingPoolRedisChannelLayer"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -70,6 +77,17 @@ def redis_url() -> str:
     url = live_redis_url()
     require(redis_available(url), f"Redis is not reachable at {url}")
     return url
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of the test's own on a free loopback port, to stop, restart or flush.
+    Override `redis_url` with its `.url` to put the live servers on it."""
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 
@@ -145,3 +146,41 @@ async def test_revoking_another_browser_from_the_sessions_page(live_servers, liv
 
 
 FIREFOX_ON_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@pytest.mark.timeout(90)
+async def test_a_restarted_server_brings_the_badge_back_without_a_reload(
+    live_servers, live_users, chromium
+):
+    (server,) = live_servers.start(1)
+    context = await chromium.new_context(base_url=server.http_url)
+    context.set_default_timeout(10_000)
+    try:
+        page = await context.new_page()
+        await log_in(page, server.http_url)
+        status = page.locator("#live-status")
+        await status.filter(has_text="Logged in as alice").wait_for()
+        await page.evaluate("window.__notReloaded = true")
+        states = "window.__states = []; new MutationObserver(() => window.__states.push("
+        states += "document.querySelector('#live-status').dataset.state)).observe("
+        states += "document.querySelector('#live-status'), {attributes: true})"
+        await page.evaluate(states)
+
+        await asyncio.to_thread(live_servers.restart, server)  # SIGTERM, then the same port
+        await status.filter(has_text="Logged in as alice").wait_for(timeout=20_000)
+        assert "offline" in await page.evaluate("window.__states")
+        assert await status.get_attribute("data-state") == "authenticated"
+        assert await page.evaluate("window.__notReloaded") is True
+
+        # Full jitter: a thousand tabs on their fourth retry spread over the whole window
+        # (0 to 4 s), rather than returning in the same second.
+        delays = await page.evaluate(
+            """async () => {
+                const {backoffDelay} = await import('/static/realtime/live-status.js');
+                return Array.from({length: 1000}, () => backoffDelay(3));
+            }"""
+        )
+        per_second = [sum(1 for d in delays if s * 1000 <= d < (s + 1) * 1000) for s in range(4)]
+        assert sum(per_second) == 1000 and max(per_second) < 400, per_second
+    finally:
+        await context.close()

@@ -143,3 +143,38 @@ async def test_messages_within_the_rate_are_all_answered(status_socket):
             await socket.send_json_to({"type": "ping"})
             assert await socket.receive_json_from(timeout=2) == {"type": "pong"}
         await asyncio.sleep(RATE_BURST / 2 / RATE_PER_SECOND)
+
+
+async def test_sockets_past_the_per_login_limit_are_refused_with_4029(
+    status_socket, alice, settings
+):
+    settings.LIVE_MAX_SOCKETS_PER_LOGIN = 2
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    first, _ = await status_socket(cookies=client.cookies)
+    await status_socket(cookies=client.cookies)
+    refused, message = await status_socket(cookies=client.cookies)
+    assert message == {"type": "error", "error": "too many open sockets for this session"}
+    assert await refused.receive_output(timeout=2) == {"type": "websocket.close", "code": 4029}
+    # Another login of the same user is not this session's business.
+    _, status = await status_socket(user=alice)
+    assert status["username"] == "alice"
+    # A closed socket frees its place.
+    await first.disconnect()
+    _, status = await status_socket(cookies=client.cookies)
+    assert status["username"] == "alice"
+
+
+async def test_sockets_past_the_per_user_limit_are_refused_with_4029(
+    status_socket, alice, bob, settings
+):
+    settings.LIVE_MAX_SOCKETS_PER_USER = 3
+    for _ in range(3):
+        await status_socket(user=alice)
+    refused, message = await status_socket(user=alice)
+    assert message == {"type": "error", "error": "too many open sockets for this user"}
+    assert await refused.receive_output(timeout=2) == {"type": "websocket.close", "code": 4029}
+    _, status = await status_socket(user=bob)  # other users are untouched
+    assert status["username"] == "bob"
+    _, status = await status_socket()  # and so are anonymous sockets
+    assert status["authenticated"] is False

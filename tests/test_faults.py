@@ -8,7 +8,6 @@ its own Daphne processes; docs/reliability.md lists the guarantee and bound each
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 
@@ -19,21 +18,11 @@ from channels.layers import get_channel_layer
 
 from accounts.models import Login
 from realtime.groups import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, EVENT_SESSIONS, login_group
-from tests.conftest import require
 from tests.live import Browser, RedisServer, Server
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(90)]
 
 RECHECK_SECONDS = 2
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -123,7 +112,7 @@ async def test_with_redis_down_http_works_tabs_stay_and_learn_and_recover(
     # tab rejoined its groups in the new (empty) Redis.
     newcomer_tab = await eventually_open_tab(newcomer, server, within=10)
     assert newcomer_tab.status["username"] == "bob"
-    await until_members(private_redis, 3)
+    await until_members(private_redis, 6)  # two tabs, three groups each
     await staying.logout()
     await staying_tab.expect_logout("logout", timeout=1.0)
     await newcomer_tab.expect_silence_and_alive(0.3)
@@ -139,7 +128,7 @@ async def test_after_a_redis_restart_open_tabs_rejoin_and_get_their_logout_at_on
     await browser.login("alice")
     tabs = [await browser.open_tab(), await browser.open_tab()]
     members = await group_members(private_redis)
-    assert members == 4  # two tabs, each in its browser's and its login's group
+    assert members == 6  # two tabs, each in its browser's, its login's and its user's group
 
     private_redis.stop()
     private_redis.start()
@@ -224,7 +213,7 @@ async def test_sigterm_says_going_away_and_tabs_come_back_as_who_they_were(
     assert (await alice.open_tab(server)).status["username"] == "alice"
     assert (await guest.open_tab(server)).status["authenticated"] is False
     # The old tabs left their groups on the way out: only the two new ones are counted.
-    assert await group_members(private_redis) == 3
+    assert await group_members(private_redis) == 4  # alice's three groups, the guest's one
     for browser in (alice, guest):
         await browser.close()
 

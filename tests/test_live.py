@@ -93,7 +93,7 @@ async def test_clearing_the_session_over_http_logs_out_its_tabs(live_servers, li
 @pytest.mark.timeout(90)
 async def test_a_burst_of_tabs_all_connect(live_servers, live_users):
     """200 tabs at once: more than redis-py 8's default pool of 100 connections would allow."""
-    (server,) = live_servers.start(1)
+    (server,) = live_servers.start(1, LIVE_MAX_SOCKETS_PER_LOGIN="200")
     (alice,) = await browsers(server, "alice")
     try:
         tabs = await asyncio.gather(*(alice.open_tab() for _ in range(200)))

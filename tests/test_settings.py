@@ -119,5 +119,7 @@ def test_bad_values_stop_start_up_naming_the_variable(env, message):
 
 def test_procfile_runs_daphne_and_migrates_on_release():
     lines = (ROOT / "Procfile").read_text().splitlines()
-    assert "web: daphne -b 0.0.0.0 -p $PORT asgi_project.asgi:application" in lines
+    # --proxy-headers: behind the platform's proxy, the client address is the real one (the
+    # per-address login throttle counts it).
+    assert "web: daphne --proxy-headers -b 0.0.0.0 -p $PORT asgi_project.asgi:application" in lines
     assert "release: python manage.py migrate" in lines
