@@ -184,6 +184,7 @@ AXES_COOLOFF_TIME = timedelta(
     seconds=env_int("LOGIN_COOLOFF_SECONDS", default=900, minimum=1, maximum=86400)
 )
 AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "accounts.throttle.attempted_username"
 AXES_DISABLE_ACCESS_LOG = True  # the Login table records every login already
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
