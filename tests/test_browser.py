@@ -184,3 +184,25 @@ async def test_a_restarted_server_brings_the_badge_back_without_a_reload(
         assert sum(per_second) == 1000 and max(per_second) < 400, per_second
     finally:
         await context.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_tab_past_the_socket_limit_says_so_and_connects_when_a_place_frees(
+    live_servers, live_users, chromium
+):
+    (server,) = live_servers.start(1, LIVE_MAX_SOCKETS_PER_LOGIN="1")
+    context = await chromium.new_context(base_url=server.http_url)
+    context.set_default_timeout(10_000)
+    try:
+        first = await context.new_page()
+        await log_in(first, server.http_url)
+        await first.locator("#live-status", has_text="Logged in as alice").wait_for()
+        second = await context.new_page()
+        await second.goto("/")
+        status = second.locator("#live-status")
+        await status.filter(has_text="Too many open tabs").wait_for()
+        assert await status.get_attribute("data-state") == "limited"
+        await first.close()
+        await status.filter(has_text="Logged in as alice").wait_for(timeout=20_000)
+    finally:
+        await context.close()

@@ -1,10 +1,14 @@
 // Live login status for every page: one WebSocket to /ws/status/ (docs/protocol.md).
 //
-// Renders #live-status (data-state: connecting | authenticated | anonymous | offline). After an
-// unexpected close it reconnects with capped exponential backoff and full jitter, and takes the
-// first status message of the new connection as the truth.
+// Renders #live-status (data-state: connecting | authenticated | anonymous | offline | limited).
+// After an unexpected close it reconnects with capped exponential backoff and full jitter, and
+// takes the first status message of the new connection as the truth.
 
 const CLOSE_LOGGED_OUT = 4001;
+const CLOSE_TOO_MANY_SOCKETS = 4029;
+// Past the socket limit a place frees only when another tab closes: retry no sooner than this
+// attempt's window (up to 4 s), then back off as usual.
+const LIMITED_MIN_ATTEMPT = 3;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 30000;
 
@@ -24,6 +28,7 @@ const TEXT = {
   authenticated: (username) => `Logged in as ${username}`,
   anonymous: () => "Not logged in",
   offline: () => "Offline, retrying…",
+  limited: () => "Too many open tabs: waiting for one to close…",
 };
 
 /** Full jitter: a uniformly random wait up to the capped exponential bound. */
@@ -119,7 +124,12 @@ class LiveStatus {
       this.connect();
       return;
     }
-    this.render("offline");
+    if (event.code === CLOSE_TOO_MANY_SOCKETS) {
+      this.render("limited");
+      this.attempt = Math.max(this.attempt, LIMITED_MIN_ATTEMPT);
+    } else {
+      this.render("offline");
+    }
     const delay = backoffDelay(this.attempt);
     this.attempt += 1;
     window.setTimeout(() => this.connect(), delay);
