@@ -136,6 +136,9 @@ if REDIS_URL:
                 # Members older than this leave their groups; open sockets renew theirs every
                 # half of it (realtime/watch.py).
                 "group_expiry": env_int("CHANNEL_GROUP_EXPIRY", default=86400, minimum=2),
+                # Keys in Redis start with this: deployments (or test runs) sharing one Redis
+                # keep apart by giving each its own.
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
             },
         }
     }

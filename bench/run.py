@@ -117,6 +117,8 @@ def project_env(engine: str, db_url: str) -> dict[str, str]:
         "DATABASE_URL": db_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
         "DJANGO_SESSION_ENGINE": engine,
+        "PYTHONMALLOC": "malloc",  # as the Procfile runs it (realtime/memory.py)
+        "CHANNEL_LAYER_PREFIX": "asgi-bench",  # apart from the tests' and the site's keys
         # One session holds up to 10,000 tabs here; the production limits would refuse them.
         "LIVE_MAX_SOCKETS_PER_LOGIN": "100000",
         "LIVE_MAX_SOCKETS_PER_USER": "100000",

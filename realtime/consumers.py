@@ -71,13 +71,17 @@ class StatusConsumer(AsyncWebsocketConsumer):
             # The server is shutting down (Daphne cancels every application on SIGTERM): say
             # "going away" so the client reconnects with backoff, and leave the shared groups
             # so other processes stop counting this tab.
+            # Not after the client has gone: then Daphne cancels a disconnect that ran too long,
+            # and running it again would only add to whatever slowed it.
             if self.accepted:
                 self.accepted = False
                 await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY})
-            try:
-                await asyncio.wait_for(self.disconnect(CLOSE_GOING_AWAY), SHUTDOWN_LEAVE_SECONDS)
-            except Exception:
-                logger.warning("could not leave the channel-layer groups at shutdown")
+                try:
+                    await asyncio.wait_for(
+                        self.disconnect(CLOSE_GOING_AWAY), SHUTDOWN_LEAVE_SECONDS
+                    )
+                except Exception:
+                    logger.warning("could not leave the channel-layer groups at shutdown")
             raise
 
     async def connect(self) -> None:
@@ -108,20 +112,26 @@ class StatusConsumer(AsyncWebsocketConsumer):
         await self.send_status()
 
     async def _join_all(self) -> tuple[int, str] | None:
-        """Join this socket's groups, or say why it may not open."""
+        """Join this socket's groups (in one round trip), or say why it may not open."""
+        groups = []
         browser_id = self.scope["cookies"].get(BROWSER_COOKIE)
         if is_valid_id(browser_id):
-            await self._join(browser_group(browser_id))
+            groups.append(browser_group(browser_id))
         user, login = self.scope["user"], self.scope["live_login"]
-        if login is None:  # anonymous, or an ended login's cookie replayed
-            return None
-        per_login, per_user = await group_sizes([login_group(login.id), user_tabs_group(user.pk)])
-        if per_login >= settings.LIVE_MAX_SOCKETS_PER_LOGIN:
-            return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this session")
-        if per_user >= settings.LIVE_MAX_SOCKETS_PER_USER:
-            return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this user")
-        expires_at = login.expires_at.timestamp()
-        await self._enter_login(login.id, user.pk, user.get_username(), expires_at)
+        if login is not None:  # None: anonymous, or an ended login's cookie replayed
+            per_login, per_user = await group_sizes(
+                [login_group(login.id), user_tabs_group(user.pk)]
+            )
+            if per_login >= settings.LIVE_MAX_SOCKETS_PER_LOGIN:
+                return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this session")
+            if per_user >= settings.LIVE_MAX_SOCKETS_PER_USER:
+                return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this user")
+            groups += [login_group(login.id), user_tabs_group(user.pk)]
+        # Join before the status goes out, so no logout sent from now on can slip past.
+        await self._join(*groups)
+        if login is not None:
+            expires_at = login.expires_at.timestamp()
+            self._set_login(login.id, user.pk, user.get_username(), expires_at)
         return None
 
     async def disconnect(self, code: int) -> None:
@@ -134,17 +144,14 @@ class StatusConsumer(AsyncWebsocketConsumer):
             # (realtime.broadcast); skipping the discard saves a round trip per tab in a storm.
             joined.remove(login_group(self.login_id))
         try:
-            await self._leave_login()
-            while joined:
-                await self.channel_layer.group_discard(joined.pop(), self.channel_name)
+            await self._leave_login(joined)
         except REDIS_DOWN:
             # Redis is unreachable: the memberships expire there by themselves (group_expiry).
             logger.warning("could not leave the channel-layer groups: Redis is unreachable")
 
     async def rejoin(self) -> None:
         """Add this socket to its groups again (after Redis lost them, or before they expire)."""
-        for group in list(getattr(self, "joined", [])):
-            await self.channel_layer.group_add(group, self.channel_name)
+        await self._add(list(getattr(self, "joined", [])))
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs for every event; unlike Channels' own, without closing old database connections
@@ -235,29 +242,51 @@ class StatusConsumer(AsyncWebsocketConsumer):
 
     # --- Helpers ------------------------------------------------------------------------------
 
-    async def _join(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.joined.append(group)
+    async def _join(self, *groups: str) -> None:
+        await self._add(list(groups))
+        self.joined += groups
+
+    async def _add(self, groups: list[str]) -> None:
+        layer = self.channel_layer
+        if hasattr(layer, "group_add_many"):
+            await layer.group_add_many(groups, self.channel_name)
+        else:
+            for group in groups:
+                await layer.group_add(group, self.channel_name)
+
+    async def _discard(self, groups: list[str]) -> None:
+        layer = self.channel_layer
+        if hasattr(layer, "group_discard_many"):
+            await layer.group_discard_many(groups, self.channel_name)
+        else:
+            for group in groups:
+                await layer.group_discard(group, self.channel_name)
 
     async def _enter_login(self, login_id: str, user_id: int, username: str, expires_at: float):
+        # Join before the status goes out, so no logout sent from now on can slip past.
+        await self._join(login_group(login_id), user_tabs_group(user_id))
+        self._set_login(login_id, user_id, username, expires_at)
+
+    def _set_login(self, login_id: str, user_id: int, username: str, expires_at: float) -> None:
         self.login_id, self.user_id, self.username = login_id, user_id, username
         self.expires_at = expires_at
-        # Join before the status goes out, so no logout sent from now on can slip past.
-        await self._join(login_group(login_id))
-        await self._join(user_tabs_group(user_id))
         watcher().add(login_id, self, expires_at)
         watcher().tabs_changed(user_id)
 
-    async def _leave_login(self) -> None:
-        if self.login_id is None:
-            return
-        watcher().discard(self.login_id, self)
-        for group in (login_group(self.login_id), user_tabs_group(self.user_id)):
-            if group in self.joined:
-                self.joined.remove(group)
-                await self.channel_layer.group_discard(group, self.channel_name)
-        watcher().tabs_changed(self.user_id)
-        self.login_id = self.user_id = self.username = None
+    async def _leave_login(self, also: list[str] | None = None) -> None:
+        """Leave the login's groups, and the groups in `also`, in one round trip."""
+        leaving = list(also or [])
+        if self.login_id is not None:
+            watcher().discard(self.login_id, self)
+            leaving += [login_group(self.login_id), user_tabs_group(self.user_id)]
+            watcher().tabs_changed(self.user_id)
+            self.login_id = self.user_id = self.username = None
+        joined = getattr(self, "joined", [])
+        leaving = [group for group in dict.fromkeys(leaving) if group in joined]
+        for group in leaving:
+            joined.remove(group)
+        if leaving:
+            await self._discard(leaving)
 
     async def send_status(self) -> None:
         authenticated = self.login_id is not None

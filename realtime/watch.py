@@ -34,6 +34,7 @@ from realtime.groups import (
     REASON_SESSION_ENDED,
 )
 from realtime.layers import REDIS_DOWN
+from realtime.memory import Trimmer
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ class LoginWatcher:
         self._tab_notices: set[int] = set()  # users with a tabs notice pending
         self._background: set[asyncio.Task] = set()
         self.open: set = set()  # every socket of this loop, logged in or not
+        self.trimmer = Trimmer()
         self._renewal: asyncio.Task | None = None
 
     def opened(self, consumer) -> None:
         """Runs when any socket is accepted: its groups will be renewed when they may be lost."""
         self.open.add(consumer)
+        self.trimmer.socket_opened(len(self.open))
         layer = consumer.channel_layer
         if hasattr(layer, "recovery_callbacks"):
             layer.recovery_callbacks.add(self.rejoin_all)
@@ -74,7 +77,9 @@ class LoginWatcher:
             self._renewal = asyncio.create_task(self._renew(layer))
 
     def closed(self, consumer) -> None:
-        self.open.discard(consumer)
+        if consumer in self.open:
+            self.open.discard(consumer)
+            self.trimmer.socket_closed(len(self.open))
 
     async def rejoin_all(self) -> None:
         """Every open socket adds itself to its groups again (adding twice is harmless). Right

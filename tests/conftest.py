@@ -19,6 +19,7 @@ from channels.layers import channel_layers
 
 from tests.helpers import ORIGIN, open_status_socket
 from tests.live import (
+    LAYER_PREFIX,
     LiveServers,
     RedisServer,
     live_password_hash,
@@ -97,7 +98,10 @@ def live_servers(transactional_db, redis_url, tmp_path, settings):
     This process joins them on Redis too, so what it does (saving a user, say) reaches them.
     """
     layer = {**settings.CHANNEL_LAYERS["default"], "BACKEND": LIVE_LAYER}
-    layer["CONFIG"] = {"hosts": [{"address": redis_url, "socket_timeout": None, "timeout": 30}]}
+    layer["CONFIG"] = {
+        "hosts": [{"address": redis_url, "socket_timeout": None, "timeout": 30}],
+        "prefix": LAYER_PREFIX,
+    }
     settings.CHANNEL_LAYERS = {"default": layer}
     servers = LiveServers(
         redis_url=redis_url, log_dir=tmp_path, database=settings.DATABASES["default"]

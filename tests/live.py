@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 LIVE_PASSWORD = "live-test-pass-1234"
+# This run's channel-layer keys in Redis: nothing left there by earlier runs, the benchmark or
+# another checkout (group members counted for the socket limits, say) is seen by this one.
+LAYER_PREFIX = f"asgi-test-{os.getpid()}"
+GROUP_KEYS = LAYER_PREFIX + ":group:*"
 
 
 def live_redis_url() -> str:
@@ -127,6 +131,8 @@ class LiveServers:
             "DATABASE_URL": database_url(self.database),
             "REDIS_URL": self.redis_url,
             "PYTHONUNBUFFERED": "1",
+            "PYTHONMALLOC": "malloc",  # as the Procfile runs it (realtime/memory.py)
+            "CHANNEL_LAYER_PREFIX": LAYER_PREFIX,
             **extra_env,
         }
         log_path = self.log_dir / f"daphne-{port}.log"

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 
 from accounts.models import Login
 from realtime.groups import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, EVENT_SESSIONS, login_group
-from tests.live import Browser, RedisServer, Server
+from tests.live import GROUP_KEYS, Browser, RedisServer, Server
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(90)]
 
@@ -67,7 +67,7 @@ async def until_members(private_redis: RedisServer, count: int, *, within: float
 async def group_members(private_redis: RedisServer) -> int:
     def count() -> int:
         client = private_redis.client()
-        return sum(client.zcard(key) for key in client.scan_iter("asgi:group:*"))
+        return sum(client.zcard(key) for key in client.scan_iter(GROUP_KEYS))
 
     return await sync_to_async(count)()
 

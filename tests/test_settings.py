@@ -121,5 +121,7 @@ def test_procfile_runs_daphne_and_migrates_on_release():
     lines = (ROOT / "Procfile").read_text().splitlines()
     # --proxy-headers: behind the platform's proxy, the client address is the real one (the
     # per-address login throttle counts it).
-    assert "web: daphne --proxy-headers -b 0.0.0.0 -p $PORT asgi_project.asgi:application" in lines
+    # PYTHONMALLOC=malloc: memory goes back to the system after sockets close (realtime/memory.py).
+    web = "web: PYTHONMALLOC=malloc daphne --proxy-headers -b 0.0.0.0 -p $PORT "
+    assert web + "asgi_project.asgi:application" in lines
     assert "release: python manage.py migrate" in lines

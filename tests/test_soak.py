@@ -2,8 +2,8 @@
 higher locally), with churn (tabs closing and reopening) and logouts interleaved.
 
 It holds when no logout is lost, no tab stays open on a login that ended, the Redis group keys
-are back to their starting count, and the memory after the tabs close is no more than a quarter
-above its peak with them open (issue 5's "within 10% of the start" is not met yet; see
+are back to their starting count, and the server holds less memory after the tabs close than at
+its peak with them open (issue 5's "back within 10% of the start" is not met yet; see
 docs/reliability.md).
 The figures are printed (run with -s) and recorded in docs/reliability.md.
 """
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.live import Browser, Server, Tab
+from realtime.memory import TRIM_DELAY
+from tests.live import GROUP_KEYS, Browser, Server, Tab
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 BROWSERS = 50
@@ -39,7 +40,7 @@ def resident_kib(pid: int) -> int:
 
 
 def group_keys(client) -> int:
-    return sum(1 for _ in client.scan_iter("asgi:group:*", count=1000))
+    return sum(1 for _ in client.scan_iter(GROUP_KEYS, count=1000))
 
 
 @dataclass
@@ -80,7 +81,11 @@ def redis_url(private_redis) -> str:
 
 
 async def test_soak_with_churn_and_logouts_loses_nothing(live_servers, live_users, private_redis):
-    [server] = live_servers.start(1, LIVE_RECHECK_SECONDS=str(RECHECK_SECONDS))
+    [server] = live_servers.start(
+        1,
+        LIVE_RECHECK_SECONDS=str(RECHECK_SECONDS),
+        LIVE_MAX_SOCKETS_PER_USER="2000",  # 500 tabs per user, churning: above the default
+    )
     store = private_redis.client()
     rng = random.Random(5)
     figures = Figures()
@@ -135,7 +140,7 @@ async def test_soak_with_churn_and_logouts_loses_nothing(live_servers, live_user
     await asyncio.gather(*checks)
     for browser in browsers:
         await browser.close()
-    await asyncio.sleep(3)  # let the server finish the closes
+    await asyncio.sleep(3 + TRIM_DELAY)  # let the server finish the closes and trim
     keys_at_end, rss_at_end = group_keys(store), resident_kib(server.process.pid)
     print(
         f"\nsoak {SOAK_SECONDS:.0f}s: {figures.logouts} logouts told {figures.tabs_told} tabs"
@@ -149,7 +154,7 @@ async def test_soak_with_churn_and_logouts_loses_nothing(live_servers, live_user
     assert figures.replays_authenticated == 0
     assert figures.logouts > 0 and figures.tabs_told == figures.logouts * TABS_PER_BROWSER
     assert keys_at_end == keys_at_start
-    # Issue 5 asks for memory back within 10% of the start; it is not (docs/reliability.md: the
-    # process keeps its peak, and malloc_trim gives back almost nothing). What is asserted is that
-    # thousands of churned sockets leak nothing on top of that peak.
-    assert rss_at_end <= rss_open * 1.25
+    # Issue 5 asks for memory back within 10% of the start; not there yet (docs/reliability.md).
+    # The server gives back part of it (realtime/memory.py). Asserted: after the tabs close it
+    # holds less than at its peak with them open, so thousands of churned sockets leak nothing.
+    assert rss_at_end < rss_open

@@ -1,0 +1,74 @@
+"""Give memory back to the operating system after many sockets close.
+
+Each open socket costs tens of KiB, and without this the process keeps its peak for good: after
+1,000 tabs closed, a Daphne process stayed 65% above where it started (tests/test_soak.py). Two
+things hold on to it. Python's small-object allocator keeps any 256 KiB arena that still has one
+live object, so the server runs with `PYTHONMALLOC=malloc` (Procfile) and every allocation goes
+to glibc; and glibc keeps freed memory in its heaps until `malloc_trim` returns it. A few seconds
+after most of the sockets have closed, this module runs a full garbage collection (closed sockets
+leave reference cycles that nothing else collects on an idle server) and then `malloc_trim(0)` off
+the event loop.
+Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import logging
+
+logger = logging.getLogger(__name__)
+
+TRIM_AFTER_CLOSES = 100  # sockets closed since the last trim
+TRIM_DELAY = 5.0  # seconds after the close that crossed it: a closing wave is over by then
+
+
+def _load_malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+class Trimmer:
+    """One per event loop (the login watcher owns it and reports every open and close).
+
+    A full collection costs time in proportion to what is alive and blocks the loop, so it runs
+    only once most sockets have gone: at least `TRIM_AFTER_CLOSES` closed, and at most half of
+    the peak still open. A server that stays busy is never paused for it."""
+
+    def __init__(self) -> None:
+        self.closes = 0
+        self.peak = 0
+        self._pending: asyncio.TimerHandle | None = None
+
+    def socket_opened(self, open_now: int) -> None:
+        self.peak = max(self.peak, open_now)
+
+    def socket_closed(self, open_now: int) -> None:
+        if _malloc_trim is None:
+            return
+        self.closes += 1
+        if self._pending is None and self._due(open_now):
+            loop = asyncio.get_running_loop()
+            self._pending = loop.call_later(TRIM_DELAY, self._trim, loop)
+
+    def _due(self, open_now: int) -> bool:
+        return self.closes >= TRIM_AFTER_CLOSES and open_now <= self.peak // 2
+
+    def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._pending = None
+        self.closes = 0
+        self.peak = 0  # the next trim waits for the next wave to come and go
+        # A closed socket leaves reference cycles (tasks, futures, exceptions and their frames)
+        # that only a full collection frees, and nothing triggers one on an idle server.
+        gc.collect()
+        loop.run_in_executor(None, _malloc_trim, 0)
