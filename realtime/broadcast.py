@@ -14,13 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Coroutine
 from datetime import datetime
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
 
 from realtime.groups import (
     EVENT_EXPIRY,
@@ -31,7 +29,7 @@ from realtime.groups import (
     login_group,
     user_sessions_group,
 )
-from realtime.layers import REDIS_DOWN
+from realtime.layers import REDIS_DOWN, clear_group, group_sizes
 
 logger = logging.getLogger(__name__)
 _in_flight: set[asyncio.Task] = set()  # keeps handed-off sends alive until they finish
@@ -44,7 +42,9 @@ async def _asend(group: str, event: dict) -> bool:
     try:
         await layer.group_send(group, event)
         if event["type"] == EVENT_LOGOUT:
-            await _clear(layer, group)
+            # An ended login's group gets nothing more: drop it whole once the logout is queued
+            # to every member (its sockets skip their own discard, a round trip each in a storm).
+            await clear_group(layer, group)
     except REDIS_DOWN as error:
         logger.warning("could not send %s to the channel layer: %r", event["type"], error)
         return False
@@ -52,15 +52,6 @@ async def _asend(group: str, event: dict) -> bool:
         logger.exception("could not send %s to the channel layer", event["type"])
         return False
     return True
-
-
-async def _clear(layer, group: str) -> None:
-    """An ended login's group gets nothing more: drop it whole, once the logout is queued to every
-    member (its sockets skip their own discard, saving a round trip each in a logout storm)."""
-    if hasattr(layer, "group_clear"):
-        await layer.group_clear(group)
-    else:  # the in-memory layer
-        getattr(layer, "groups", {}).pop(group, None)
 
 
 async def _asend_all(sends: list[tuple[str, dict]]) -> bool:
@@ -136,24 +127,9 @@ async def asessions_changed(*, user_id: int) -> bool:
     return await _asend(*_sessions_changed(user_id))
 
 
-async def group_sizes(groups: list[str]) -> list[int]:
-    """How many sockets each group holds right now, across every process."""
-    layer = get_channel_layer()
-    if not isinstance(layer, RedisChannelLayer):
-        return [len(getattr(layer, "groups", {}).get(group, ())) for group in groups]
-    # A group is a sorted set of channel names scored by join time, shared by every process;
-    # members older than group_expiry are dead (channels-redis's own rule).
-    oldest = time.time() - layer.group_expiry
-
-    async def size(group: str) -> int:
-        connection = layer.connection(layer.consistent_hash(group))
-        return await connection.zcount(layer._group_key(group), oldest, "+inf")
-
-    return list(await asyncio.gather(*(size(group) for group in groups)))
-
-
 async def _atab_counts(login_ids: list[str]) -> dict[str, int]:
-    sizes = await group_sizes([login_group(login_id) for login_id in login_ids])
+    groups = [login_group(login_id) for login_id in login_ids]
+    sizes = await group_sizes(get_channel_layer(), groups)
     return dict(zip(login_ids, sizes, strict=True))
 
 

@@ -19,7 +19,6 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime.broadcast import group_sizes
 from realtime.groups import (
     BROWSER_COOKIE,
     CLOSE_GOING_AWAY,
@@ -37,7 +36,7 @@ from realtime.groups import (
     user_sessions_group,
     user_tabs_group,
 )
-from realtime.layers import REDIS_DOWN
+from realtime.layers import REDIS_DOWN, add_to_groups, discard_from_groups, group_sizes
 from realtime.watch import watcher
 
 logger = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
         user, login = self.scope["user"], self.scope["live_login"]
         if login is not None:  # None: anonymous, or an ended login's cookie replayed
             per_login, per_user = await group_sizes(
-                [login_group(login.id), user_tabs_group(user.pk)]
+                self.channel_layer, [login_group(login.id), user_tabs_group(user.pk)]
             )
             if per_login >= settings.LIVE_MAX_SOCKETS_PER_LOGIN:
                 return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this session")
@@ -138,20 +137,23 @@ class StatusConsumer(AsyncWebsocketConsumer):
         """Runs when the socket closes, for whatever reason."""
         self.accepted = False
         watcher().closed(self)
-        joined = getattr(self, "joined", [])  # absent if the socket never reached connect()
-        if self.ended and self.login_id and login_group(self.login_id) in joined:
+        leaving = list(getattr(self, "joined", []))  # absent if it never reached connect()
+        if self.ended and self.login_id:
             # An ended login's group is dropped whole by whoever sent the logout
             # (realtime.broadcast); skipping the discard saves a round trip per tab in a storm.
-            joined.remove(login_group(self.login_id))
+            leaving.remove(login_group(self.login_id))
+        self._forget_login()
         try:
-            await self._leave_login(joined)
+            await self._leave(leaving)
         except REDIS_DOWN:
             # Redis is unreachable: the memberships expire there by themselves (group_expiry).
             logger.warning("could not leave the channel-layer groups: Redis is unreachable")
 
     async def rejoin(self) -> None:
         """Add this socket to its groups again (after Redis lost them, or before they expire)."""
-        await self._add(list(getattr(self, "joined", [])))
+        await add_to_groups(
+            self.channel_layer, list(getattr(self, "joined", [])), self.channel_name
+        )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs for every event; unlike Channels' own, without closing old database connections
@@ -222,7 +224,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
         """Runs when another tab of this browser logged in: follow it with a fresh status."""
         if self.ended or event["login_id"] == self.login_id:
             return
-        await self._leave_login()
+        await self._leave(self._forget_login())
         await self._enter_login(
             event["login_id"], event["user_id"], event["username"], event["expires_at"]
         )
@@ -243,24 +245,14 @@ class StatusConsumer(AsyncWebsocketConsumer):
     # --- Helpers ------------------------------------------------------------------------------
 
     async def _join(self, *groups: str) -> None:
-        await self._add(list(groups))
+        await add_to_groups(self.channel_layer, list(groups), self.channel_name)
         self.joined += groups
 
-    async def _add(self, groups: list[str]) -> None:
-        layer = self.channel_layer
-        if hasattr(layer, "group_add_many"):
-            await layer.group_add_many(groups, self.channel_name)
-        else:
-            for group in groups:
-                await layer.group_add(group, self.channel_name)
-
-    async def _discard(self, groups: list[str]) -> None:
-        layer = self.channel_layer
-        if hasattr(layer, "group_discard_many"):
-            await layer.group_discard_many(groups, self.channel_name)
-        else:
-            for group in groups:
-                await layer.group_discard(group, self.channel_name)
+    async def _leave(self, groups: list[str]) -> None:
+        for group in groups:
+            self.joined.remove(group)
+        if groups:
+            await discard_from_groups(self.channel_layer, groups, self.channel_name)
 
     async def _enter_login(self, login_id: str, user_id: int, username: str, expires_at: float):
         # Join before the status goes out, so no logout sent from now on can slip past.
@@ -273,20 +265,16 @@ class StatusConsumer(AsyncWebsocketConsumer):
         watcher().add(login_id, self, expires_at)
         watcher().tabs_changed(user_id)
 
-    async def _leave_login(self, also: list[str] | None = None) -> None:
-        """Leave the login's groups, and the groups in `also`, in one round trip."""
-        leaving = list(also or [])
-        if self.login_id is not None:
-            watcher().discard(self.login_id, self)
-            leaving += [login_group(self.login_id), user_tabs_group(self.user_id)]
-            watcher().tabs_changed(self.user_id)
-            self.login_id = self.user_id = self.username = None
-        joined = getattr(self, "joined", [])
-        leaving = [group for group in dict.fromkeys(leaving) if group in joined]
-        for group in leaving:
-            joined.remove(group)
-        if leaving:
-            await self._discard(leaving)
+    def _forget_login(self) -> list[str]:
+        """Drop this socket's login (the watcher's record, a tab-count notice); return the groups
+        it joined for it, for the caller to leave."""
+        if self.login_id is None:
+            return []
+        watcher().discard(self.login_id, self)
+        watcher().tabs_changed(self.user_id)
+        groups = [login_group(self.login_id), user_tabs_group(self.user_id)]
+        self.login_id = self.user_id = self.username = None
+        return groups
 
     async def send_status(self) -> None:
         authenticated = self.login_id is not None

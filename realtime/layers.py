@@ -8,6 +8,10 @@
   after the consumer is gone (django/channels_redis#384, #426): one entry per socket that ever
   connected, so memory never came back after tabs closed. An empty queue is dropped here when its
   consumer's receive is cancelled, which is how every consumer ends.
+- The project needs a few group operations beyond the channel-layer API (join or leave several
+  groups in one round trip, drop a whole group, count members across processes). The functions
+  at the end of this module do them for any Redis layer and for Channels' in-memory layer, so
+  callers never ask which layer they have.
 - When Redis is unreachable, channels-redis raises in whichever consumer holds the receive lock,
   and every socket of the process dies with 1011 in turn. Here a receive that loses Redis waits
   instead: one probe per process pings Redis every `RETRY_SECONDS` and wakes them all when it
@@ -42,36 +46,6 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         self.recovery_callbacks: set[Callable[[], Awaitable[None]]] = set()
         self._sentinel_key = f"{self.prefix}:live-sentinel:{self.client_prefix}"
         self._sentinel_set = False
-
-    async def group_add_many(self, groups: list[str], channel: str) -> None:
-        """`group_add` for several groups in one round trip per shard (a socket joins up to
-        three at connect; one at a time cost six round trips)."""
-        now = time.time()
-        for index, keys in self._keys_by_shard(groups).items():
-            async with self.connection(index).pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zadd(key, {channel: now})
-                    pipe.expire(key, self.group_expiry)
-                await pipe.execute()
-
-    async def group_discard_many(self, groups: list[str], channel: str) -> None:
-        """`group_discard` for several groups in one round trip per shard."""
-        for index, keys in self._keys_by_shard(groups).items():
-            async with self.connection(index).pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zrem(key, channel)
-                await pipe.execute()
-
-    def _keys_by_shard(self, groups: list[str]) -> dict[int, list[str]]:
-        shards: dict[int, list[str]] = {}
-        for group in groups:
-            assert self.require_valid_group_name(group), "Group name not valid"
-            shards.setdefault(self.consistent_hash(group), []).append(self._group_key(group))
-        return shards
-
-    async def group_clear(self, group: str) -> None:
-        """Drop a whole group (an ended login's) with one command, not one per member."""
-        await self.connection(self.consistent_hash(group)).delete(self._group_key(group))
 
     async def redis_was_reset(self) -> bool:
         """Whether Redis lost this process's data (a restart or a flush) since the last call.
@@ -123,3 +97,66 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
                 await callback()
             except Exception:
                 logger.exception("a recovery callback failed")
+
+
+# --- Group operations beyond the channel-layer API, for Redis and in-memory layers ----------------
+
+
+def _keys_by_shard(layer: RedisChannelLayer, groups: list[str]) -> dict[int, list[str]]:
+    shards: dict[int, list[str]] = {}
+    for group in groups:
+        assert layer.require_valid_group_name(group), "Group name not valid"
+        shards.setdefault(layer.consistent_hash(group), []).append(layer._group_key(group))
+    return shards
+
+
+async def add_to_groups(layer, groups: list[str], channel: str) -> None:
+    """`group_add` for several groups, in one round trip per Redis shard (a socket joins up to
+    three at connect; one at a time cost six round trips)."""
+    if not isinstance(layer, RedisChannelLayer):
+        for group in groups:
+            await layer.group_add(group, channel)
+        return
+    now = time.time()
+    for index, keys in _keys_by_shard(layer, groups).items():
+        async with layer.connection(index).pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zadd(key, {channel: now})
+                pipe.expire(key, layer.group_expiry)
+            await pipe.execute()
+
+
+async def discard_from_groups(layer, groups: list[str], channel: str) -> None:
+    """`group_discard` for several groups, in one round trip per Redis shard."""
+    if not isinstance(layer, RedisChannelLayer):
+        for group in groups:
+            await layer.group_discard(group, channel)
+        return
+    for index, keys in _keys_by_shard(layer, groups).items():
+        async with layer.connection(index).pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrem(key, channel)
+            await pipe.execute()
+
+
+async def clear_group(layer, group: str) -> None:
+    """Drop a whole group (an ended login's) with one command, not one per member."""
+    if isinstance(layer, RedisChannelLayer):
+        await layer.connection(layer.consistent_hash(group)).delete(layer._group_key(group))
+    else:
+        getattr(layer, "groups", {}).pop(group, None)
+
+
+async def group_sizes(layer, groups: list[str]) -> list[int]:
+    """How many sockets each group holds right now, across every process."""
+    if not isinstance(layer, RedisChannelLayer):
+        return [len(getattr(layer, "groups", {}).get(group, ())) for group in groups]
+    # A group is a sorted set of channel names scored by join time, shared by every process;
+    # members older than group_expiry are dead (channels-redis's own rule).
+    oldest = time.time() - layer.group_expiry
+
+    async def size(group: str) -> int:
+        connection = layer.connection(layer.consistent_hash(group))
+        return await connection.zcount(layer._group_key(group), oldest, "+inf")
+
+    return list(await asyncio.gather(*(size(group) for group in groups)))

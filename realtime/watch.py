@@ -70,10 +70,10 @@ class LoginWatcher:
         """Runs when any socket is accepted: its groups will be renewed when they may be lost."""
         self.open.add(consumer)
         self.trimmer.socket_opened(len(self.open))
-        layer = consumer.channel_layer
-        if hasattr(layer, "recovery_callbacks"):
-            layer.recovery_callbacks.add(self.rejoin_all)
         if self._renewal is None or self._renewal.done():
+            layer = consumer.channel_layer
+            if hasattr(layer, "recovery_callbacks"):  # the Redis layer (realtime.layers)
+                layer.recovery_callbacks.add(self.rejoin_all)
             self._renewal = asyncio.create_task(self._renew(layer))
 
     def closed(self, consumer) -> None:
@@ -104,7 +104,9 @@ class LoginWatcher:
         lost its data (restarted or flushed), checked every `LIVE_RECHECK_SECONDS`."""
         expiry = getattr(layer, "group_expiry", None)
         if not expiry or not hasattr(layer, "redis_was_reset"):
-            return  # the in-memory layer: groups live in this process and never expire
+            # The in-memory layer: no Redis to lose the groups. (Its members older than
+            # group_expiry, a day, are dropped and not renewed: one process, left as it is.)
+            return
         every = min(self.interval, expiry / 2)
         renewed = time.monotonic()
         while self.open:
