@@ -4,19 +4,22 @@
   in use. When a 10,000-tab session logs out, every socket leaves its groups at once, and the layer
   ran out of connections at any size we gave it: sockets died with 1011 and group memberships were
   left behind. A `BlockingConnectionPool` makes the extra operations wait their turn.
-- channels-redis keeps a per-channel queue in `receive_buffer` and, on some paths, leaves it there
-  after the consumer is gone (django/channels_redis#384, #426): one entry per socket that ever
-  connected, so memory never came back after tabs closed. An empty queue is dropped here when its
-  consumer's receive is cancelled, which is how every consumer ends.
+- channels-redis has every consumer of a process that waits for a message race for one lock, with
+  two new tasks per consumer each time any of them gets a message, and it keeps a queue in
+  `receive_buffer` for channels whose consumer has gone (django/channels_redis#384, #426). Here
+  one reader task per process takes the process's messages from Redis and puts each in its
+  channel's queue; a consumer just waits on its queue, which exists from `new_channel` until its
+  receive is cancelled (how every consumer ends). Messages for a channel without a queue are
+  dropped.
 - The project needs a few group operations beyond the channel-layer API (join or leave several
   groups in one round trip, drop a whole group, count members across processes). The functions
   at the end of this module do them for any Redis layer and for Channels' in-memory layer, so
   callers never ask which layer they have.
 - When Redis is unreachable, channels-redis raises in whichever consumer holds the receive lock,
-  and every socket of the process dies with 1011 in turn. Here a receive that loses Redis waits
-  instead: one probe per process pings Redis every `RETRY_SECONDS` and wakes them all when it
-  answers, then runs the recovery callbacks (consumers rejoin their groups, which a restarted or
-  flushed Redis has lost).
+  and every socket of the process dies with 1011 in turn. Here the reader waits instead (as does
+  a receive on a channel of its own in Redis): one probe per process pings Redis every
+  `RETRY_SECONDS` and wakes them all when it answers, then runs the recovery callbacks (consumers
+  rejoin their groups, which a restarted or flushed Redis has lost).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         self.recovery_callbacks: set[Callable[[], Awaitable[None]]] = set()
         self._sentinel_key = f"{self.prefix}:live-sentinel:{self.client_prefix}"
         self._sentinel_set = False
+        self._reader: asyncio.Task | None = None
 
     async def redis_was_reset(self) -> bool:
         """Whether Redis lost this process's data (a restart or a flush) since the last call.
@@ -62,17 +66,58 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         host = dict(self.hosts[index])
         return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        channel = await super().new_channel(prefix)
+        self.receive_buffer[channel]  # receives from now on (a defaultdict: this creates it)
+        return channel
+
     async def receive(self, channel: str) -> dict:
+        if "!" not in channel:  # a channel of its own in Redis: channels-redis's plain receive
+            while True:
+                try:
+                    return await super().receive(channel)
+                except REDIS_DOWN:
+                    await self._wait_for_redis()
+        # A channel of this process: one reader task takes every message from Redis and puts it
+        # in its channel's queue, where the consumer waits. channels-redis has every waiting
+        # consumer race for a lock instead, with two new tasks each time any of them gets a
+        # message: when 1,000 tabs got their logouts at once, that took a third of the process.
+        assert self.require_valid_channel_name(channel)
+        queue = self.receive_buffer[channel]
+        self._ensure_reader(self.non_local_name(channel))
+        try:
+            return await queue.get()
+        except asyncio.CancelledError:
+            # The consumer is gone (or its caller gave up): its queue goes, and messages that
+            # arrive for it later are dropped instead of kept for nobody.
+            self.receive_buffer.pop(channel, None)
+            if not self.receive_buffer and self._reader is not None:
+                self._reader.cancel()  # nothing to read for; the next receive starts another
+                self._reader = None
+            raise
+
+    def _ensure_reader(self, process_channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self._reader is None or self._reader.done() or self._reader.get_loop() is not loop:
+            self._reader = loop.create_task(self._read(process_channel))
+
+    async def _read(self, process_channel: str) -> None:
+        """Move this process's messages from Redis into the channels' queues, one at a time
+        (a logout to a group is one message naming every local member)."""
         while True:
             try:
-                return await super().receive(channel)
-            except asyncio.CancelledError:
-                queue = self.receive_buffer.get(channel)
-                if queue is not None and queue.empty():
-                    del self.receive_buffer[channel]
-                raise
+                channels, message = await self.receive_single(process_channel)
             except REDIS_DOWN:
                 await self._wait_for_redis()
+                continue
+            except Exception:
+                logger.exception("could not read this process's messages from Redis")
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            for channel in channels if isinstance(channels, list) else [channels]:
+                queue = self.receive_buffer.get(channel)
+                if queue is not None:  # else its consumer has gone
+                    queue.put_nowait(message)  # a full queue drops its oldest (BoundedQueue)
 
     async def _wait_for_redis(self) -> None:
         if self._redis_back is None:
