@@ -93,9 +93,9 @@ def revoke(request: HttpRequest, login_id: str) -> HttpResponse:
 @require_POST
 @login_required
 def logout_everywhere(request: HttpRequest) -> HttpResponse:
-    keep = request.live_login.id if request.live_login else None
-    logins.end_user_logins(request.user, REASON_LOGOUT_EVERYWHERE, keep=keep)
-    request.live_logout_reason = REASON_LOGOUT_EVERYWHERE  # read by the logout signal receiver
+    # This login too, so every tab hears it in one message (realtime.broadcast); the logout
+    # signal then finds it ended already, and logout() flushes the session.
+    logins.end_user_logins(request.user, REASON_LOGOUT_EVERYWHERE)
     logout(request)
     return redirect("login")
 

@@ -23,28 +23,30 @@ from channels.layers import get_channel_layer
 from realtime.groups import (
     EVENT_EXPIRY,
     EVENT_LOGIN,
+    EVENT_LOGINS_ENDED,
     EVENT_LOGOUT,
     EVENT_SESSIONS,
     browser_group,
     login_group,
     user_sessions_group,
+    user_tabs_group,
 )
-from realtime.layers import REDIS_DOWN, clear_group, group_sizes
+from realtime.layers import REDIS_DOWN, clear_groups, group_sizes
 
 logger = logging.getLogger(__name__)
 _in_flight: set[asyncio.Task] = set()  # keeps handed-off sends alive until they finish
 
 
-async def _asend(group: str, event: dict) -> bool:
+async def _asend(group: str, event: dict, ended_groups: tuple[str, ...] = ()) -> bool:
     layer = get_channel_layer()
     if layer is None:
         return False
     try:
         await layer.group_send(group, event)
-        if event["type"] == EVENT_LOGOUT:
+        if ended_groups:
             # An ended login's group gets nothing more: drop it whole once the logout is queued
             # to every member (its sockets skip their own discard, a round trip each in a storm).
-            await clear_group(layer, group)
+            await clear_groups(layer, list(ended_groups))
     except REDIS_DOWN as error:
         logger.warning("could not send %s to the channel layer: %r", event["type"], error)
         return False
@@ -54,8 +56,11 @@ async def _asend(group: str, event: dict) -> bool:
     return True
 
 
-async def _asend_all(sends: list[tuple[str, dict]]) -> bool:
-    return all(await asyncio.gather(*(_asend(group, event) for group, event in sends)))
+Send = tuple[str, dict] | tuple[str, dict, tuple[str, ...]]  # group, event[, groups to drop]
+
+
+async def _asend_all(sends: list[Send]) -> bool:
+    return all(await asyncio.gather(*(_asend(*send) for send in sends)))
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:
@@ -72,7 +77,7 @@ def _spawn(coroutine: Coroutine) -> None:
     task.add_done_callback(_in_flight.discard)
 
 
-def _send_from_sync(sends: list[tuple[str, dict]]) -> None:
+def _send_from_sync(sends: list[Send]) -> None:
     loop = _server_loop()
     if loop is None:
         async_to_sync(_asend_all)(sends)
@@ -84,9 +89,18 @@ def _sessions_changed(user_id: int) -> tuple[str, dict]:
     return user_sessions_group(user_id), {"type": EVENT_SESSIONS}
 
 
-def _ended(login_ids: list[str], user_ids: set[int], reason: str) -> list[tuple[str, dict]]:
-    event = {"type": EVENT_LOGOUT, "reason": reason}
-    sends = [(login_group(login_id), event) for login_id in login_ids]
+def _ended(login_ids: list[str], user_ids: set[int], reason: str) -> list[Send]:
+    ended_groups = tuple(login_group(login_id) for login_id in login_ids)
+    if len(login_ids) > 1 and len(user_ids) == 1:
+        # Several logins of one user (logout everywhere, a password change): one message to the
+        # user's tabs, each of which acts on it if its login is named. One per login cost a
+        # group send and a message to read per login and process.
+        [user_id] = user_ids
+        event = {"type": EVENT_LOGINS_ENDED, "login_ids": login_ids, "reason": reason}
+        sends: list[Send] = [(user_tabs_group(user_id), event, ended_groups)]
+    else:
+        event = {"type": EVENT_LOGOUT, "reason": reason}
+        sends = [(group, event, (group,)) for group in ended_groups]
     return sends + [_sessions_changed(user_id) for user_id in user_ids]
 
 

@@ -220,6 +220,12 @@ class StatusConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "logout", "reason": event["reason"]})
         await self.close(code=CLOSE_LOGGED_OUT)
 
+    async def live_logins_ended(self, event: dict[str, Any]) -> None:
+        """Runs when several logins of this socket's user ended at once (logout everywhere, a
+        password change): a logout if this socket's login is one of them."""
+        if self.login_id is not None and self.login_id in event["login_ids"]:
+            await self.live_logout(event)
+
     async def live_login(self, event: dict[str, Any]) -> None:
         """Runs when another tab of this browser logged in: follow it with a fresh status."""
         if self.ended or event["login_id"] == self.login_id:

@@ -24,6 +24,8 @@ EVENT_LOGOUT = "live.logout"  # {"reason"}: the login ended
 EVENT_LOGIN = "live.login"  # {"login_id", "user_id", "username", "expires_at"}: browser logged in
 EVENT_EXPIRY = "live.expiry"  # {"expires_at"}: HTTP activity moved the login's expiry
 EVENT_SESSIONS = "live.sessions"  # the user's list of logins or their tab counts changed
+# {"login_ids", "reason"}: several logins of one user ended at once, sent to the user's tabs
+EVENT_LOGINS_ENDED = "live.logins_ended"
 
 # Close codes sent to the browser (4000-4999 is the range RFC 6455 leaves to applications).
 CLOSE_LOGGED_OUT = 4001
@@ -87,7 +89,8 @@ def browser_group(browser_id: str) -> str:
 
 
 def user_tabs_group(user_id: int) -> str:
-    """Every logged-in socket of this user (counted for the per-user limit, never sent to)."""
+    """Every logged-in socket of this user: counted for the per-user limit, and told when several
+    of the user's logins end at once (one message instead of one per login)."""
     return _group("live.tabs.", str(int(user_id)))
 
 

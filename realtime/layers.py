@@ -184,12 +184,14 @@ async def discard_from_groups(layer, groups: list[str], channel: str) -> None:
             await pipe.execute()
 
 
-async def clear_group(layer, group: str) -> None:
-    """Drop a whole group (an ended login's) with one command, not one per member."""
-    if isinstance(layer, RedisChannelLayer):
-        await layer.connection(layer.consistent_hash(group)).delete(layer._group_key(group))
-    else:
-        getattr(layer, "groups", {}).pop(group, None)
+async def clear_groups(layer, groups: list[str]) -> None:
+    """Drop whole groups (ended logins') with one command per Redis shard, not one per member."""
+    if not isinstance(layer, RedisChannelLayer):
+        for group in groups:
+            getattr(layer, "groups", {}).pop(group, None)
+        return
+    for index, keys in _keys_by_shard(layer, groups).items():
+        await layer.connection(index).delete(*keys)
 
 
 async def group_sizes(layer, groups: list[str]) -> list[int]:

@@ -30,8 +30,7 @@ def login_ended(sender, request, user, **kwargs) -> None:
     session = getattr(request, "session", None)
     login_id = session.get(LOGIN_ID_SESSION_KEY) if session is not None else None
     if login_id:
-        reason = getattr(request, "live_logout_reason", REASON_LOGOUT)
-        logins.end_login(login_id, reason, delete_session=False)  # logout() flushes it next
+        logins.end_login(login_id, REASON_LOGOUT, delete_session=False)  # logout() flushes it next
 
 
 @receiver(post_save, sender=User, dispatch_uid="realtime.user_deactivated")
