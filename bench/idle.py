@@ -25,6 +25,7 @@ import run
 from load import Target, open_tabs
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_SAMPLES = 30  # every 2 s after the tabs close
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,8 +53,15 @@ async def hold(server: run.Server, tabs_count: int, minutes: float) -> dict:
         last_cpu, last_t = cpu, now
     dropped = sum(1 for tab in tabs if tab.close_code is not None)
     await asyncio.gather(*(tab.close() for tab in tabs), return_exceptions=True)
-    await asyncio.sleep(10)
-    rss_after = run.rss_kib(server.pid)
+    # The server finishes 10,000 closes and then gives memory back (realtime/memory.py) over some
+    # seconds: sample until it has not moved for 10 s, at most a minute.
+    after = [run.rss_kib(server.pid)]
+    for _ in range(SETTLE_SAMPLES):
+        await asyncio.sleep(2)
+        after.append(run.rss_kib(server.pid))
+        if len(after) > 5 and max(after[-6:]) - min(after[-6:]) < after[-1] // 100:
+            break
+    rss_after = after[-1]
     return {
         "tabs": tabs_count,
         "minutes": minutes,
@@ -63,6 +71,7 @@ async def hold(server: run.Server, tabs_count: int, minutes: float) -> dict:
             "max": 100 * max(samples),
         },
         "rss_kib": {"before": rss_before, "open": rss_open, "after_close": rss_after},
+        "rss_kib_every_2s_after_close": after,
         "memory_after_close_vs_before": rss_after / rss_before,
     }
 

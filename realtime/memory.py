@@ -22,7 +22,8 @@ import logging
 logger = logging.getLogger(__name__)
 
 TRIM_AFTER_CLOSES = 100  # sockets closed since the last trim
-TRIM_DELAY = 5.0  # seconds after the close that crossed it: a closing wave is over by then
+TRIM_DELAY = 5.0  # seconds without a close: the closing wave is over
+TRIM_MAX_WAIT = 30.0  # seconds from the first due close: a wave that never pauses still gets one
 
 
 def _load_malloc_trim():
@@ -43,12 +44,16 @@ class Trimmer:
 
     A full collection costs time in proportion to what is alive and blocks the loop, so it runs
     only once most sockets have gone: at least `TRIM_AFTER_CLOSES` closed, and at most half of
-    the peak still open. A server that stays busy is never paused for it."""
+    the peak still open. A server that stays busy is never paused for it. It runs `TRIM_DELAY`
+    after the last close of the wave (10,000 sockets take a Daphne process some 20 s to close;
+    a trim halfway gave back a fifth of what one at the end does), but no later than
+    `TRIM_MAX_WAIT` after the wave first made it due."""
 
     def __init__(self) -> None:
         self.closes = 0
         self.peak = 0
         self._pending: asyncio.TimerHandle | None = None
+        self._due_since = 0.0
 
     def socket_opened(self, open_now: int) -> None:
         self.peak = max(self.peak, open_now)
@@ -57,17 +62,24 @@ class Trimmer:
         if _malloc_trim is None:
             return
         self.closes += 1
-        if self._pending is None and self._due(open_now):
-            loop = asyncio.get_running_loop()
-            self._pending = loop.call_later(TRIM_DELAY, self._trim, loop)
+        if not self._due(open_now):
+            return
+        loop = asyncio.get_running_loop()
+        if self._pending is None:
+            self._due_since = loop.time()
+        elif loop.time() - self._due_since < TRIM_MAX_WAIT:
+            self._pending.cancel()  # still closing: wait for the wave to end
+        else:
+            return
+        self._pending = loop.call_later(TRIM_DELAY, self._trim, loop, open_now)
 
     def _due(self, open_now: int) -> bool:
         return self.closes >= TRIM_AFTER_CLOSES and open_now <= self.peak // 2
 
-    def _trim(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _trim(self, loop: asyncio.AbstractEventLoop, open_now: int) -> None:
         self._pending = None
         self.closes = 0
-        self.peak = 0  # the next trim waits for the next wave to come and go
+        self.peak = open_now  # the next trim waits for the next wave to come and go
         # A closed socket leaves reference cycles (tasks, futures, exceptions and their frames)
         # that only a full collection frees, and nothing triggers one on an idle server.
         gc.collect()

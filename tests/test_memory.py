@@ -23,7 +23,37 @@ async def test_no_trim_while_most_sockets_are_open_then_one_after_they_go(monkey
     trimmer.socket_closed(150)  # half the peak: a wave has come and gone
     assert trimmer._pending is not None
     await asyncio.sleep(0.2)
+    assert trimmer._pending is None and trimmer.closes == 0 and trimmer.peak == 150
+
+
+async def test_the_trim_waits_for_the_end_of_the_wave(monkeypatch):
+    monkeypatch.setattr(memory, "TRIM_DELAY", 0.2)
+    trimmer = memory.Trimmer()
+    for open_now in range(1, 301):
+        trimmer.socket_opened(open_now)
+    for open_now in range(299, -1, -1):  # due from 150 on; the closes go on for 0.6 s
+        trimmer.socket_closed(open_now)
+        if open_now % 50 == 0:
+            await asyncio.sleep(0.1)
+            assert trimmer.closes > 0  # not trimmed while the wave still runs
+    await asyncio.sleep(0.4)
     assert trimmer._pending is None and trimmer.closes == 0 and trimmer.peak == 0
+
+
+async def test_a_wave_that_never_pauses_is_trimmed_within_the_max_wait(monkeypatch):
+    monkeypatch.setattr(memory, "TRIM_DELAY", 0.2)
+    monkeypatch.setattr(memory, "TRIM_MAX_WAIT", 0.3)
+    trimmer = memory.Trimmer()
+    for open_now in range(1, 1001):
+        trimmer.socket_opened(open_now)
+    trimmer.closes = 500  # a wave has taken half the sockets: due from the next close
+    open_now = 500
+    for _ in range(8):  # ten closes every 0.1 s, never a 0.2 s pause
+        for _ in range(10):
+            open_now -= 1
+            trimmer.socket_closed(open_now)
+        await asyncio.sleep(0.1)
+    assert trimmer.peak < 1000  # trimmed (and reset) while the closes went on
 
 
 async def test_a_few_closes_never_trim(monkeypatch):

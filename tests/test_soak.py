@@ -113,7 +113,7 @@ async def test_soak_with_churn_and_logouts_loses_nothing(live_servers, live_user
     # Warm-up: the 1,000 tabs open and close once. Then the starting figures.
     await fill_all(browsers, server)
     await close_tabs(browsers)
-    await asyncio.sleep(3 + TRIM_DELAY)  # let the server finish the closes and trim
+    await asyncio.sleep(5 + TRIM_DELAY)  # let the server finish the closes and trim
     keys_at_start, rss_at_start = group_keys(store), resident_kib(server.process.pid)
 
     await fill_all(browsers, server)
@@ -151,7 +151,7 @@ async def test_soak_with_churn_and_logouts_loses_nothing(live_servers, live_user
     await asyncio.gather(*checks)
     for browser in browsers:
         await browser.close()
-    await asyncio.sleep(3 + TRIM_DELAY)  # let the server finish the closes and trim
+    await asyncio.sleep(5 + TRIM_DELAY)  # let the server finish the closes and trim
     keys_at_end, rss_at_end = group_keys(store), resident_kib(server.process.pid)
     print(
         f"\nsoak {SOAK_SECONDS:.0f}s: {figures.logouts} logouts told {figures.tabs_told} tabs"
