@@ -68,6 +68,22 @@ def active_login(login_id: object, user_id: object) -> Login | None:
     )
 
 
+def active_login_with_user(login_id: object, user_id: object, user_fields: list[str]):
+    """`active_login`, with the login's user in the same query (only `user_fields` of it).
+
+    For socket connects, which would otherwise make two queries (the user, then the login) and
+    turn four timestamps into `datetime`s where one is needed.
+    """
+    if not is_valid_id(login_id):
+        return None
+    return (
+        Login.objects.select_related("user")
+        .filter(id=login_id, user_id=user_id, ended_at__isnull=True, expires_at__gt=timezone.now())
+        .only("id", "user_id", "expires_at", *(f"user__{name}" for name in user_fields))
+        .first()
+    )
+
+
 def end_logins(
     logins: QuerySet[Login], reason: str, *, notify: bool = True, delete_sessions: bool = True
 ) -> list[str]:

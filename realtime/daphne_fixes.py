@@ -14,6 +14,12 @@
    nothing logs at debug level: 7% of the CPU time of a handshake (py-spy) and 3 KiB per open
    socket (tracemalloc). Here the options are set once on a protocol class made for the factory,
    so nothing is copied, and the log line is formatted only if it is written.
+4. The walk every second. Daphne's `application_checker` visits every connection once a second to
+   reap finished applications and close out disconnected ones: with 10,000 idle tabs that walk was
+   35% of the server's idle CPU (py-spy). Here a connection is visited only once there is
+   something to do: its application has finished, or its client has disconnected (then every
+   second until its application is done, as before, to enforce `application_close_timeout`).
+   What is done on a visit is Daphne's own logic, unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import inspect
 import logging
 import pprint
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,7 @@ def apply() -> None:
     WebSocketProtocol.serverClose = serverClose
     Server.kill_all_applications = kill_all_applications
     _share_protocol_options()
+    _check_only_due_connections()
 
 
 class _LazyPformat:
@@ -100,3 +108,80 @@ def _share_protocol_options() -> None:
         self.protocol = type(base.__name__, (base,), {**options, "live_options_of": base})
 
     WebSocketFactory.setProtocolOptions = setProtocolOptions
+
+
+def _check_only_due_connections() -> None:
+    from daphne.server import Server
+    from twisted.internet import reactor
+
+    daphne_logger = logging.getLogger("daphne.server")
+    create_application = Server.create_application
+    protocol_disconnected = Server.protocol_disconnected
+
+    def due(server) -> set:
+        """The connections the next check visits (made on first use: Daphne's __init__ is not
+        patched)."""
+        try:
+            return server.live_due
+        except AttributeError:
+            server.live_due = set()
+            return server.live_due
+
+    def create(self, protocol, scope):
+        queue = create_application(self, protocol, scope)
+        instance = self.connections.get(protocol, {}).get("application_instance")
+        if instance is not None:
+            instance.add_done_callback(lambda _: due(self).add(protocol))
+        return queue
+
+    def disconnected(self, protocol):
+        protocol_disconnected(self, protocol)
+        due(self).add(protocol)
+
+    def check(self, protocol, details) -> None:
+        """Daphne's `application_checker`, for one connection."""
+        disconnected = details.get("disconnected", None)
+        application_instance = details.get("application_instance", None)
+        if disconnected and time.time() - disconnected > self.application_close_timeout:
+            if application_instance and not application_instance.done():
+                daphne_logger.warning(
+                    "Application instance %r for connection %s took too long to shut down and "
+                    "was killed.",
+                    application_instance,
+                    repr(protocol),
+                )
+                application_instance.cancel()
+        if application_instance and application_instance.done():
+            try:
+                exception = application_instance.exception()
+            except asyncio.CancelledError:
+                pass
+            else:
+                if exception:
+                    if isinstance(exception, KeyboardInterrupt):
+                        self.stop()
+                    else:
+                        daphne_logger.error(
+                            "Exception inside application: %s", exception, exc_info=exception
+                        )
+                        if not disconnected:
+                            protocol.handle_exception(exception)
+            del details["application_instance"]
+            application_instance = None
+        if not application_instance and disconnected:
+            del self.connections[protocol]
+
+    def application_checker(self):
+        pending = due(self)
+        for protocol in list(pending):
+            details = self.connections.get(protocol)
+            if details is not None:
+                check(self, protocol, details)
+            # Still due only while disconnected with its application running.
+            if protocol not in self.connections or not details.get("disconnected"):
+                pending.discard(protocol)
+        reactor.callLater(1, self.application_checker)
+
+    Server.create_application = create
+    Server.protocol_disconnected = disconnected
+    Server.application_checker = application_checker

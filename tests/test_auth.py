@@ -1,0 +1,94 @@
+"""The socket auth stack (realtime/auth.py): who a connecting socket is, in one query."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.hashers import make_password
+from django.test import AsyncClient
+
+from accounts.logins import session_store_class
+from realtime.auth import _resolve
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ANONYMOUS = {"type": "status", "authenticated": False, "username": None, "expires_at": None}
+OTHER_BACKEND = "tests.test_auth.UppercaseBackend"
+
+
+class UppercaseBackend(ModelBackend):
+    """A backend with its own `get_user`: its users are not read in the login's query."""
+
+    def get_user(self, user_id):
+        user = super().get_user(user_id)
+        if user is not None:
+            user.username = user.username.upper()
+        return user
+
+
+async def logged_in_client(user, backend: str | None = None) -> AsyncClient:
+    client = AsyncClient()
+    await client.aforce_login(user, backend=backend)
+    return client
+
+
+def session_scope(client: AsyncClient) -> dict:
+    session_key = client.cookies["sessionid"].value
+    return {"session": session_store_class()(session_key)}
+
+
+def test_user_and_login_come_from_one_query(alice, django_assert_num_queries):
+    client = AsyncClient()
+    client.force_login(alice)
+    scope = session_scope(client)
+    scope["session"].keys()  # the session store's own read, not counted
+    with django_assert_num_queries(1):
+        user, login = _resolve.func(scope)
+    assert user.pk == alice.pk and user.get_username() == "alice"
+    assert login is not None and login.user_id == alice.pk
+
+
+async def test_a_changed_password_hash_makes_the_socket_anonymous_and_ends_the_session(
+    status_socket, alice, django_user_model
+):
+    client = await logged_in_client(alice)
+    # Changed behind Django's back (no signal, so the login is still active): only the session's
+    # auth hash tells.
+    await django_user_model.objects.filter(pk=alice.pk).aupdate(password=make_password("new-pw"))
+    _, status = await status_socket(cookies=client.cookies)
+    assert status == ANONYMOUS
+    assert not await session_store_class()().aexists(client.cookies["sessionid"].value)
+
+
+async def test_an_inactive_user_gets_an_anonymous_socket(status_socket, alice, django_user_model):
+    client = await logged_in_client(alice)
+    await django_user_model.objects.filter(pk=alice.pk).aupdate(is_active=False)
+    _, status = await status_socket(cookies=client.cookies)
+    assert status == ANONYMOUS
+
+
+async def test_a_session_without_a_login_gets_an_anonymous_socket(status_socket, alice):
+    client = await logged_in_client(alice)
+    session = (await client.asession()).__class__(client.cookies["sessionid"].value)
+    await session.apop("_live_login_id")
+    await session.asave()
+    _, status = await status_socket(cookies=client.cookies)
+    assert status == ANONYMOUS
+
+
+async def test_a_backend_with_its_own_get_user_is_still_asked(status_socket, alice, settings):
+    settings.AUTHENTICATION_BACKENDS = [*settings.AUTHENTICATION_BACKENDS, OTHER_BACKEND]
+    client = await logged_in_client(alice, backend=OTHER_BACKEND)
+    _, status = await status_socket(cookies=client.cookies)
+    assert status["authenticated"] is True
+    assert status["username"] == "ALICE"
+
+
+async def test_a_backend_no_longer_configured_gets_an_anonymous_socket(
+    status_socket, alice, settings
+):
+    settings.AUTHENTICATION_BACKENDS = [*settings.AUTHENTICATION_BACKENDS, OTHER_BACKEND]
+    client = await logged_in_client(alice, backend=OTHER_BACKEND)
+    settings.AUTHENTICATION_BACKENDS = settings.AUTHENTICATION_BACKENDS[:-1]
+    _, status = await status_socket(cookies=client.cookies)
+    assert status == ANONYMOUS

@@ -1,0 +1,123 @@
+"""Daphne's connection checker, as realtime/daphne_fixes.py leaves it (fix 4), on Daphne's own
+`Server` class: it reaps finished applications and closes out disconnected connections as Daphne
+does, and never looks at a connection with nothing to do.
+
+(The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
+test_live.py, shutdown in test_faults.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from daphne.server import Server
+
+
+class Protocol:
+    """Stands in for Daphne's HTTP or WebSocket protocol: the checker only calls this."""
+
+    def __init__(self) -> None:
+        self.exceptions: list[BaseException] = []
+
+    def handle_exception(self, exception: BaseException) -> None:
+        self.exceptions.append(exception)
+
+
+class WatchedDetails(dict):
+    """A connection's details that count how often the checker reads them."""
+
+    reads = 0
+
+    def get(self, *args):
+        WatchedDetails.reads += 1
+        return super().get(*args)
+
+
+async def finishes(scope, receive, send) -> None:
+    return None
+
+
+async def fails(scope, receive, send) -> None:
+    raise ValueError("boom")
+
+
+async def hangs(scope, receive, send) -> None:
+    await asyncio.Event().wait()
+
+
+def application(scope, receive, send):
+    return {"finishes": finishes, "fails": fails, "hangs": hangs}[scope["app"]](
+        scope, receive, send
+    )
+
+
+@pytest.fixture
+def server():
+    # An endpoint is required, but nothing listens: the server is never run.
+    server = Server(application, ["tcp:port=0:interface=127.0.0.1"], application_close_timeout=0.2)
+    server.connections = {}  # as Server.run() sets it
+    yield server
+    for details in server.connections.values():
+        instance = details.get("application_instance")
+        if instance is not None:
+            instance.cancel()
+
+
+def connect(server: Server, app: str) -> Protocol:
+    protocol = Protocol()
+    server.protocol_connected(protocol)
+    server.create_application(protocol, {"type": "websocket", "app": app})
+    return protocol
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_finished_applications_are_reaped_and_their_errors_reported(server, caplog):
+    done, failed, running = (connect(server, app) for app in ("finishes", "fails", "hangs"))
+    await settle()
+    with caplog.at_level(logging.ERROR, logger="daphne.server"):
+        server.application_checker()
+    assert "application_instance" not in server.connections[done]
+    assert "application_instance" not in server.connections[failed]
+    assert [str(error) for error in failed.exceptions] == ["boom"]  # the socket is told: 1011
+    assert "Exception inside application: boom" in caplog.text
+    assert "application_instance" in server.connections[running]
+    assert done.exceptions == [] and running.exceptions == []
+
+
+async def test_a_disconnected_connection_is_removed_once_its_application_ends(server):
+    quick, slow = connect(server, "finishes"), connect(server, "hangs")
+    await settle()
+    server.protocol_disconnected(quick)
+    server.protocol_disconnected(slow)
+    server.application_checker()
+    assert quick not in server.connections
+    assert slow in server.connections  # still inside application_close_timeout
+    await asyncio.sleep(0.3)
+    server.application_checker()  # past the timeout: cancelled
+    instance = server.connections[slow]["application_instance"]
+    await settle()
+    assert instance.cancelled()
+    server.application_checker()
+    assert slow not in server.connections
+    assert server.live_due == set()
+
+
+async def test_connections_with_nothing_to_do_are_not_visited(server):
+    idle = [connect(server, "hangs") for _ in range(1000)]
+    for protocol in idle:
+        server.connections[protocol] = WatchedDetails(server.connections[protocol])
+    finished = connect(server, "finishes")
+    await settle()
+    WatchedDetails.reads = 0
+    server.application_checker()
+    assert WatchedDetails.reads == 0
+    assert "application_instance" not in server.connections[finished]
+    server.protocol_disconnected(idle[0])
+    server.application_checker()
+    assert 0 < WatchedDetails.reads <= 4  # the one disconnected connection, and only it
