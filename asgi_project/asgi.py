@@ -14,7 +14,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from realtime.auth import LiveAuthMiddlewareStack  # noqa: E402
+from realtime.memory import tune_gc  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+tune_gc()
 
 application = ProtocolTypeRouter(
     {

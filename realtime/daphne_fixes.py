@@ -9,11 +9,13 @@
    can say goodbye; but `kill_all_applications` raises KeyError on the first connection whose
    application has already finished and been reaped (an idle keep-alive HTTP connection, say),
    and then no socket hears anything: they all drop with 1006. Here it skips those connections.
-3. Cost per socket. For every new socket, autobahn copies its 29 protocol options from the factory
-   onto the protocol object and formats them all with `pformat` for a debug log line, even when
-   nothing logs at debug level: 7% of the CPU time of a handshake (py-spy) and 3 KiB per open
-   socket (tracemalloc). Here the options are set once on a protocol class made for the factory,
-   so nothing is copied, and the log line is formatted only if it is written.
+3. Cost per socket and per frame. For every new socket, autobahn copies its 29 protocol options
+   from the factory onto the protocol object and formats them all with `pformat` for a debug log
+   line, even when nothing logs at debug level: 7% of the CPU time of a handshake (py-spy) and
+   3 KiB per open socket (tracemalloc). Here the options are set once on a protocol class made
+   for the factory, so nothing is copied, and the log line is formatted only if it is written.
+   The same goes for the coloured names and values of its other debug lines, three of them for
+   every frame sent (7% of an idle server's CPU with 10,000 tabs answering pings).
 4. The walk every second. Daphne's `application_checker` visits every connection once a second to
    reap finished applications and close out disconnected ones: with 10,000 idle tabs that walk was
    35% of the server's idle CPU (py-spy). Here a connection is visited only once there is
@@ -73,25 +75,38 @@ def apply() -> None:
     _check_only_due_connections()
 
 
-class _LazyPformat:
-    """`pformat(value)` when formatted, and not before."""
+class _Lazy:
+    """`function(*args, **kwargs)` when formatted, and not before."""
 
-    __slots__ = ("value",)
+    __slots__ = ("args", "function", "kwargs")
 
-    def __init__(self, value) -> None:
-        self.value = value
+    def __init__(self, function, args, kwargs) -> None:
+        self.function, self.args, self.kwargs = function, args, kwargs
 
     def __format__(self, spec: str) -> str:
-        return format(pprint.pformat(self.value), spec)
+        return format(str(self), spec)
 
-    __str__ = __repr__ = lambda self: pprint.pformat(self.value)
+    def __str__(self) -> str:
+        return str(self.function(*self.args, **self.kwargs))
+
+    __repr__ = __str__
+
+
+def _lazy(function):
+    return lambda *args, **kwargs: _Lazy(function, args, kwargs)
 
 
 def _share_protocol_options() -> None:
+    from autobahn import util as autobahn_util
     from autobahn.websocket import protocol as autobahn_protocol
     from daphne.ws_protocol import WebSocketFactory
 
-    autobahn_protocol.pformat = _LazyPformat
+    # Arguments of debug log lines, formatted only if the line is written: the options (pformat)
+    # for each new socket, and names and values in colour (hltype, hlval: click.style, three calls
+    # for every frame sent, in `sendData`).
+    autobahn_protocol.pformat = _lazy(pprint.pformat)
+    autobahn_protocol.hltype = _lazy(autobahn_util.hltype)
+    autobahn_protocol.hlval = _lazy(autobahn_util.hlval)
     set_options = WebSocketFactory.setProtocolOptions
 
     def setProtocolOptions(self, *args, **kwargs):

@@ -4,6 +4,10 @@ measures what that gives back)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -63,3 +67,44 @@ async def test_a_few_closes_never_trim(monkeypatch):
     for open_now in range(49, -1, -1):  # all gone, but fewer than TRIM_AFTER_CLOSES
         trimmer.socket_closed(open_now)
     assert trimmer._pending is None
+
+
+@pytest.fixture
+def gc_threshold():
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+def collections_during_a_burst(size: int) -> int:
+    """How many collections run while `size` objects are alive at once, as pings in flight."""
+    runs = []
+
+    def count(phase, info):
+        if phase == "start":
+            runs.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        burst = [[] for _ in range(size)]
+        del burst
+    finally:
+        gc.callbacks.remove(count)
+    return len(runs)
+
+
+def test_a_burst_of_pings_in_flight_no_longer_sets_off_the_collector(gc_threshold):
+    gc.set_threshold(700, 10, 10)  # Python's default
+    assert collections_during_a_burst(20_000) > 10
+    memory.tune_gc()
+    assert collections_during_a_burst(20_000) == 0
+
+
+def test_the_asgi_application_tunes_the_collector():
+    code = "import gc, asgi_project.asgi; print(gc.get_threshold()[0])"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == str(memory.GC_YOUNG_THRESHOLD), result.stderr
