@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PASSWORD = "bench-pass-1234"
 PG_URL = "postgres://postgres@127.0.0.1:5432/live_session_bench"
+# Daphne pings each socket this often in production (Procfile; docs/deployment.md).
+PING_INTERVAL = re.search(r"--ping-interval (\d+)", (ROOT / "Procfile").read_text())[1]
 
 FULL = {
     "storm": {"sessions": 20, "tabs": 1000, "in_flight": 50},
@@ -185,6 +188,8 @@ def daphne(env: dict) -> Server:
         str(port),
         "--access-log",
         os.devnull,
+        "--ping-interval",
+        PING_INTERVAL,
         "asgi_project.asgi:application",
     ]
     return Server(command, env, port)
