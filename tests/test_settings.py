@@ -122,6 +122,8 @@ def test_procfile_runs_daphne_and_migrates_on_release():
     # --proxy-headers: behind the platform's proxy, the client address is the real one (the
     # per-address login throttle counts it).
     # PYTHONMALLOC=malloc: memory goes back to the system after sockets close (realtime/memory.py).
-    web = "web: PYTHONMALLOC=malloc daphne --proxy-headers -b 0.0.0.0 -p $PORT "
+    # --ping-interval 40: half the idle server's pings, still under 55-60 s proxy idle timeouts
+    # (docs/deployment.md); the benchmark reads it from here.
+    web = "web: PYTHONMALLOC=malloc daphne --proxy-headers --ping-interval 40 -b 0.0.0.0 -p $PORT "
     assert web + "asgi_project.asgi:application" in lines
     assert "release: python manage.py migrate" in lines
