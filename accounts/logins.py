@@ -112,6 +112,22 @@ def end_logins(
     return ended
 
 
+def end_checked_login(login: Login, reason: str) -> bool:
+    """End the login that this request's middleware has just read (`request.live_login`): one
+    conditional `UPDATE`, with no `SELECT` first. Its session is left to the caller (logout()
+    flushes it next). A tenth of a logout request went to reading the row a second time."""
+    ended = Login.objects.filter(id=login.id, ended_at__isnull=True).update(
+        ended_at=timezone.now(), end_reason=reason
+    )
+    if ended:
+        transaction.on_commit(
+            lambda: broadcast.logins_ended(
+                login_ids=[login.id], user_ids={login.user_id}, reason=reason
+            )
+        )
+    return bool(ended)
+
+
 def end_login(login_id: str, reason: str, *, delete_session: bool = True) -> bool:
     ended = end_logins(Login.objects.filter(id=login_id), reason, delete_sessions=delete_session)
     return bool(ended)

@@ -29,7 +29,10 @@ def login_ended(sender, request, user, **kwargs) -> None:
     """Runs inside `logout()`, before `session.flush()`."""
     session = getattr(request, "session", None)
     login_id = session.get(LOGIN_ID_SESSION_KEY) if session is not None else None
-    if login_id:
+    checked = getattr(request, "live_login", None)  # read by LiveLoginMiddleware, if it ran
+    if checked is not None and checked.id == login_id:
+        logins.end_checked_login(checked, REASON_LOGOUT)
+    elif login_id:
         logins.end_login(login_id, REASON_LOGOUT, delete_session=False)  # logout() flushes it next
 
 

@@ -8,7 +8,9 @@ import re
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
-from django.test import AsyncClient
+from django.db import connection
+from django.test import AsyncClient, Client
+from django.test.utils import CaptureQueriesContext
 
 from accounts.logins import end_logins
 from accounts.models import Login
@@ -84,6 +86,19 @@ async def test_login_as_someone_else_without_logout_moves_the_tabs(status_socket
     assert status["username"] == "bob"
     ended = await Login.objects.aget(id=old)
     assert ended.end_reason == "replaced"
+
+
+def test_a_logout_reads_its_login_once_and_ends_it_in_one_update(alice):
+    client = Client()
+    client.force_login(alice)
+    login_id = client.session["_live_login_id"]
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post("/accounts/logout/").status_code == 302
+    on_logins = [query["sql"] for query in queries if "accounts_login" in query["sql"]]
+    assert len(on_logins) == 2, on_logins  # the middleware's check, then the end
+    assert on_logins[1].startswith("UPDATE")
+    login = Login.objects.get(id=login_id)
+    assert login.ended_at is not None and login.end_reason == "logout"
 
 
 async def test_logout_everywhere_ends_every_session_of_the_user(status_socket, alice, bob):
