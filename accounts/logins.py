@@ -55,14 +55,19 @@ def start_login(request, user) -> Login:
     return login
 
 
+def _active(login_id: object, user_id: object) -> QuerySet[Login]:
+    """The login, if it is still active and unexpired (an empty query for an invalid id)."""
+    if not is_valid_id(login_id):
+        return Login.objects.none()
+    return Login.objects.filter(
+        id=login_id, user_id=user_id, ended_at__isnull=True, expires_at__gt=timezone.now()
+    )
+
+
 def active_login(login_id: object, user_id: object) -> Login | None:
     """The login if it is still active and unexpired; a fresh read of the database."""
-    if not is_valid_id(login_id):
-        return None
     return (
-        Login.objects.filter(
-            id=login_id, user_id=user_id, ended_at__isnull=True, expires_at__gt=timezone.now()
-        )
+        _active(login_id, user_id)
         .only("id", "user_id", "session_key", "expires_at", "last_active")
         .first()
     )
@@ -74,11 +79,9 @@ def active_login_with_user(login_id: object, user_id: object, user_fields: list[
     For socket connects, which would otherwise make two queries (the user, then the login) and
     turn four timestamps into `datetime`s where one is needed.
     """
-    if not is_valid_id(login_id):
-        return None
     return (
-        Login.objects.select_related("user")
-        .filter(id=login_id, user_id=user_id, ended_at__isnull=True, expires_at__gt=timezone.now())
+        _active(login_id, user_id)
+        .select_related("user")
         .only("id", "user_id", "expires_at", *(f"user__{name}" for name in user_fields))
         .first()
     )
@@ -96,19 +99,14 @@ def end_logins(
     ended = [login_id for login_id, _, _ in rows]
     # Conditional on still being active, so a concurrent ending neither rewrites the reason nor
     # matters: at worst both broadcast, and sockets ignore a second logout.
-    Login.objects.filter(id__in=ended, ended_at__isnull=True).update(
-        ended_at=timezone.now(), end_reason=reason
-    )
+    _mark_ended(ended, reason)
     if delete_sessions:
         store = session_store_class()
         for _, _, session_key in rows:
             if session_key:
                 store(session_key).delete()
     if notify and rows:
-        user_ids = {user_id for _, user_id, _ in rows}
-        transaction.on_commit(
-            lambda: broadcast.logins_ended(login_ids=ended, user_ids=user_ids, reason=reason)
-        )
+        _notify_ended(ended, {user_id for _, user_id, _ in rows}, reason)
     return ended
 
 
@@ -116,21 +114,24 @@ def end_checked_login(login: Login, reason: str) -> bool:
     """End the login that this request's middleware has just read (`request.live_login`): one
     conditional `UPDATE`, with no `SELECT` first. Its session is left to the caller (logout()
     flushes it next). A tenth of a logout request went to reading the row a second time."""
-    ended = Login.objects.filter(id=login.id, ended_at__isnull=True).update(
+    if not _mark_ended([login.id], reason):
+        return False
+    _notify_ended([login.id], {login.user_id}, reason)
+    return True
+
+
+def _mark_ended(login_ids: list[str], reason: str) -> int:
+    """Mark the still-active ones of these logins ended; returns how many this call ended."""
+    return Login.objects.filter(id__in=login_ids, ended_at__isnull=True).update(
         ended_at=timezone.now(), end_reason=reason
     )
-    if ended:
-        transaction.on_commit(
-            lambda: broadcast.logins_ended(
-                login_ids=[login.id], user_ids={login.user_id}, reason=reason
-            )
-        )
-    return bool(ended)
 
 
-def end_login(login_id: str, reason: str, *, delete_session: bool = True) -> bool:
-    ended = end_logins(Login.objects.filter(id=login_id), reason, delete_sessions=delete_session)
-    return bool(ended)
+def _notify_ended(login_ids: list[str], user_ids: set[int], reason: str) -> None:
+    """Tell the sockets, once the ending is committed."""
+    transaction.on_commit(
+        lambda: broadcast.logins_ended(login_ids=login_ids, user_ids=user_ids, reason=reason)
+    )
 
 
 def end_user_logins(user, reason: str, *, keep: str | None = None) -> list[str]:

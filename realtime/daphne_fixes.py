@@ -1,4 +1,5 @@
-"""Three fixes to Daphne 4.2, applied when the app loads (other servers, uvicorn, need none).
+"""Four fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
+uvicorn, need none).
 
 1. Close codes. Daphne closes a socket through autobahn's `sendClose`, which refuses every code
    but 1000 and 3000-4999 (django/daphne#374, crossbario/autobahn-python#1642): a consumer closing

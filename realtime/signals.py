@@ -13,6 +13,7 @@ from django.db.models.signals import post_save, pre_delete
 from django.dispatch import receiver
 
 from accounts import logins
+from accounts.models import Login
 from realtime.groups import LOGIN_ID_SESSION_KEY, REASON_DEACTIVATED, REASON_LOGOUT
 
 User = get_user_model()
@@ -32,8 +33,10 @@ def login_ended(sender, request, user, **kwargs) -> None:
     checked = getattr(request, "live_login", None)  # read by LiveLoginMiddleware, if it ran
     if checked is not None and checked.id == login_id:
         logins.end_checked_login(checked, REASON_LOGOUT)
-    elif login_id:
-        logins.end_login(login_id, REASON_LOGOUT, delete_session=False)  # logout() flushes it next
+    elif login_id:  # logout() without the middleware (test clients, code of its own)
+        logins.end_logins(  # logout() flushes the session next
+            Login.objects.filter(id=login_id), REASON_LOGOUT, delete_sessions=False
+        )
 
 
 @receiver(post_save, sender=User, dispatch_uid="realtime.user_deactivated")
