@@ -8,9 +8,13 @@ its own Daphne processes; docs/reliability.md lists the guarantee and bound each
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 
+import psycopg
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
@@ -18,7 +22,16 @@ from channels.layers import get_channel_layer
 
 from accounts.models import Login
 from realtime.groups import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, EVENT_SESSIONS, login_group
-from tests.live import GROUP_KEYS, Browser, RedisServer, Server
+from tests.conftest import require
+from tests.live import (
+    GROUP_KEYS,
+    ROOT,
+    Browser,
+    RedisServer,
+    Server,
+    database_url,
+    live_password_hash,
+)
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(90)]
 
@@ -260,16 +273,54 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+@pytest.fixture
+def scratch_postgres(settings):
+    """A PostgreSQL database of the test's own, migrated, with alice in it: on the server the suite
+    runs on when that is PostgreSQL, else on the standard local port (so the SQLite run covers the
+    cut too). Dropped afterwards."""
+    suite_db = settings.DATABASES["default"]
+    if suite_db["ENGINE"] == "django.db.backends.postgresql":
+        server = {key: suite_db.get(key) or "" for key in ("USER", "PASSWORD", "HOST", "PORT")}
+    else:
+        server = {"USER": "postgres", "PASSWORD": "", "HOST": "127.0.0.1", "PORT": "5432"}
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": f"live_session_faults_{os.getpid()}",
+        **server,
+    }
+    admin_url = database_url({**database, "NAME": "postgres"})
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        require(False, f"PostgreSQL is not reachable at {admin_url}: {error}")
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database["NAME"]}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{database["NAME"]}"')
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "asgi_project.settings",
+        "DJANGO_DEBUG": "true",
+        "DATABASE_URL": database_url(database),
+    }
+    create_alice = (
+        "from django.contrib.auth import get_user_model; "
+        f"get_user_model().objects.create(username='alice', password={live_password_hash()!r})"
+    )
+    for command in (["migrate", "--no-input", "-v", "0"], ["shell", "-c", create_alice]):
+        subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, timeout=120
+        )
+    yield database
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database["NAME"]}" WITH (FORCE)')
+
+
 async def test_database_unreachable_while_connecting_refuses_cleanly_and_recovers(
-    live_servers, live_users, private_redis, settings
-):
-    database = settings.DATABASES["default"]
-    if database["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("needs PostgreSQL to take away (the suite's PostgreSQL run covers it)")
-    proxy = TcpProxy(int(database.get("PORT") or 5432))
+    scratch_postgres, live_servers, private_redis
+):  # the database outlives the servers
+    proxy = TcpProxy(int(scratch_postgres["PORT"] or 5432))
     await proxy.start()
-    through_proxy = {**database, "HOST": "127.0.0.1", "PORT": str(proxy.port)}
-    live_servers.database = through_proxy
+    live_servers.database = {**scratch_postgres, "HOST": "127.0.0.1", "PORT": str(proxy.port)}
     [server] = live_servers.start(1)
     browser = Browser(server)
     await browser.login("alice")
