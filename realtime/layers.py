@@ -46,19 +46,20 @@ RETRY_SECONDS = 1.0
 
 
 class ChannelQueue:
-    """The messages waiting for one consumer, and the consumer waiting for them: `asyncio.Queue`'s
+    """Messages waiting for one reader, and the reader waiting for them: `asyncio.Queue`'s
     `put_nowait` and `get` for a single reader, in about 150 bytes instead of 3 KiB while empty
-    (as an idle socket's queue is). When `capacity` messages wait, the oldest is dropped, as
-    channels-redis's `BoundedQueue` does (a consumer that stopped reading)."""
+    (as an idle socket's queues are; `realtime.daphne_fixes` uses it for Daphne's input queue
+    too). When `capacity` messages wait, the oldest is dropped, as channels-redis's
+    `BoundedQueue` does (a consumer that stopped reading); `None` keeps them all."""
 
     __slots__ = ("_items", "_waiter", "capacity")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int | None) -> None:
         self.capacity = capacity
         self._items: collections.deque | None = None  # made when a message has to wait
         self._waiter: asyncio.Future | None = None
 
-    def __len__(self) -> int:
+    def qsize(self) -> int:
         return len(self._items) if self._items else 0
 
     def put_nowait(self, message: Any) -> None:
@@ -68,7 +69,7 @@ class ChannelQueue:
             return
         if self._items is None:
             self._items = collections.deque()
-        if len(self._items) >= self.capacity:
+        if self.capacity is not None and len(self._items) >= self.capacity:
             self._items.popleft()
         self._items.append(message)
 

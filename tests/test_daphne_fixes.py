@@ -1,6 +1,7 @@
-"""Daphne's connection checker, as realtime/daphne_fixes.py leaves it (fix 4), on Daphne's own
-`Server` class: it reaps finished applications and closes out disconnected connections as Daphne
-does, and never looks at a connection with nothing to do.
+"""Daphne's connection checker and input queues, as realtime/daphne_fixes.py leaves them (fixes 4
+and 5), on Daphne's own `Server` class: it reaps finished applications and closes out disconnected
+connections as Daphne does, never looks at a connection with nothing to do, and gives a WebSocket's
+application a `ChannelQueue` for its input.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -13,6 +14,8 @@ import logging
 
 import pytest
 from daphne.server import Server
+
+from realtime.layers import ChannelQueue
 
 
 class Protocol:
@@ -47,8 +50,13 @@ async def hangs(scope, receive, send) -> None:
     await asyncio.Event().wait()
 
 
+async def echoes(scope, receive, send) -> None:
+    while True:
+        await send(await receive())
+
+
 def application(scope, receive, send):
-    return {"finishes": finishes, "fails": fails, "hangs": hangs}[scope["app"]](
+    return {"finishes": finishes, "fails": fails, "hangs": hangs, "echoes": echoes}[scope["app"]](
         scope, receive, send
     )
 
@@ -121,3 +129,26 @@ async def test_connections_with_nothing_to_do_are_not_visited(server):
     server.protocol_disconnected(idle[0])
     server.application_checker()
     assert 0 < WatchedDetails.reads <= 4  # the one disconnected connection, and only it
+
+
+async def test_a_websocket_reads_its_input_from_a_channel_queue_in_order(server):
+    received = []
+
+    async def handle_reply(protocol, message) -> None:
+        received.append(message)
+
+    server.handle_reply = handle_reply
+    protocol = Protocol()
+    server.protocol_connected(protocol)
+    queue = server.create_application(protocol, {"type": "websocket", "app": "echoes"})
+    assert isinstance(queue, ChannelQueue) and queue  # Daphne tests the queue's truth
+    for n in range(3):
+        queue.put_nowait({"type": "websocket.receive", "text": str(n)})
+    await settle()
+    assert [message["text"] for message in received] == ["0", "1", "2"]
+
+    http = Protocol()
+    server.protocol_connected(http)
+    assert isinstance(
+        server.create_application(http, {"type": "http", "app": "hangs"}), asyncio.Queue
+    )

@@ -59,7 +59,7 @@ async def test_channel_queue_hands_over_in_order_and_drops_the_oldest_when_full(
     assert await queue.get() == "second"
     for n in range(5):  # nobody reading: only the newest `capacity` are kept
         queue.put_nowait(n)
-    assert len(queue) == 3
+    assert queue.qsize() == 3
     assert [await queue.get() for _ in range(3)] == [2, 3, 4]
 
 
