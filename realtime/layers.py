@@ -56,7 +56,7 @@ class ChannelQueue:
 
     def __init__(self, capacity: int | None) -> None:
         self.capacity = capacity
-        self._items: collections.deque | None = None  # made when a message has to wait
+        self._items: collections.deque | None = None  # only while messages wait
         self._waiter: asyncio.Future | None = None
 
     def qsize(self) -> int:
@@ -75,7 +75,10 @@ class ChannelQueue:
 
     async def get(self) -> Any:
         if self._items:
-            return self._items.popleft()
+            message = self._items.popleft()
+            if not self._items:
+                self._items = None  # Daphne's first message waits in one; an empty one is 760 B
+            return message
         if self._waiter is not None:
             raise RuntimeError("a ChannelQueue has one reader")
         self._waiter = asyncio.get_running_loop().create_future()
