@@ -100,13 +100,15 @@ def end_logins(
     # Conditional on still being active, so a concurrent ending neither rewrites the reason nor
     # matters: at worst both broadcast, and sockets ignore a second logout.
     _mark_ended(ended, reason)
+    # The tabs first: the rows say these logins have ended, and every request and socket checks
+    # them, so the sessions' deletion (a round trip or two each) need not hold the news back.
+    if notify and rows:
+        _notify_ended(ended, {user_id for _, user_id, _ in rows}, reason)
     if delete_sessions:
         store = session_store_class()
         for _, _, session_key in rows:
             if session_key:
                 store(session_key).delete()
-    if notify and rows:
-        _notify_ended(ended, {user_id for _, user_id, _ in rows}, reason)
     return ended
 
 

@@ -7,7 +7,13 @@ import asyncio
 import pytest
 from channels.layers import get_channel_layer
 
-from realtime.layers import ChannelQueue
+from realtime.layers import (
+    REDIS_DOWN,
+    ChannelQueue,
+    add_to_groups,
+    discard_from_groups,
+    group_sizes,
+)
 from tests.conftest import LIVE_LAYER
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,3 +78,45 @@ async def test_channel_queue_consumer_cancelled_while_waiting_loses_nothing_queu
         await waiting
     queue.put_nowait("after")
     assert await asyncio.wait_for(queue.get(), 1) == "after"
+
+
+@pytest.fixture
+def private_layer(settings, private_redis):
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": LIVE_LAYER,
+            "CONFIG": {"hosts": [{"address": private_redis.url, "socket_timeout": None}]},
+        }
+    }
+    return get_channel_layer()
+
+
+def zrem_calls(private_redis) -> int:
+    return private_redis.client().info("commandstats").get("cmdstat_zrem", {}).get("calls", 0)
+
+
+async def test_sockets_leaving_at_once_share_one_zrem_per_group(private_layer, private_redis):
+    groups = ["test.leave.login", "test.leave.user"]
+    channels = [await private_layer.new_channel() for _ in range(50)]
+    for channel in channels:
+        await add_to_groups(private_layer, groups, channel)
+    before = zrem_calls(private_redis)
+    await asyncio.gather(*(discard_from_groups(private_layer, groups, c) for c in channels))
+    assert zrem_calls(private_redis) - before == 2
+    assert await group_sizes(private_layer, groups) == [0, 0]
+    # A leave asked for later goes in a batch of its own.
+    await add_to_groups(private_layer, groups, channels[0])
+    await discard_from_groups(private_layer, groups[:1], channels[0])
+    assert await group_sizes(private_layer, groups) == [0, 1]
+
+
+async def test_every_socket_in_a_batch_hears_that_redis_is_down(private_layer, private_redis):
+    channels = [await private_layer.new_channel() for _ in range(3)]
+    for channel in channels:
+        await add_to_groups(private_layer, ["test.leave.down"], channel)
+    private_redis.stop()
+    results = await asyncio.gather(
+        *(discard_from_groups(private_layer, ["test.leave.down"], c) for c in channels),
+        return_exceptions=True,
+    )
+    assert all(isinstance(result, REDIS_DOWN) for result in results), results
