@@ -12,12 +12,19 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.cache import caches  # noqa: E402
 
 from realtime.auth import LiveAuthMiddlewareStack  # noqa: E402
 from realtime.memory import tune_gc  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
 tune_gc()
+# Django keeps its cache objects per async context, and every socket runs in a context of its own:
+# the session lookup at connect made each socket its own cache object (2 KiB, kept while it is
+# open). One made here, in the context the server's event loop copies for every socket, is the
+# one they all find (the Redis client under it is shared anyway: asgi_project/cache.py).
+caches[settings.SESSION_CACHE_ALIAS]
 
 application = ProtocolTypeRouter(
     {

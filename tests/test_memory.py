@@ -108,3 +108,22 @@ def test_the_asgi_application_tunes_the_collector():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == str(memory.GC_YOUNG_THRESHOLD), result.stderr
+
+
+def test_every_socket_finds_the_cache_object_made_at_startup():
+    """Each socket runs in a context of its own; Django would make each its own cache object."""
+    code = (
+        "import asyncio, asgi_project.asgi\n"
+        "from django.core.cache import caches\n"
+        "async def cache_of_a_socket():\n"
+        "    return caches['default']\n"
+        "async def main():\n"
+        "    first, second = await asyncio.gather(cache_of_a_socket(), cache_of_a_socket())\n"
+        "    print(first is second)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "True", result.stderr
