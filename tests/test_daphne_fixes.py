@@ -152,3 +152,15 @@ async def test_a_websocket_reads_its_input_from_a_channel_queue_in_order(server)
     assert isinstance(
         server.create_application(http, {"type": "http", "app": "hangs"}), asyncio.Queue
     )
+
+
+def test_autobahn_formats_debug_log_arguments_only_when_written():
+    from autobahn import util
+    from autobahn.twisted import websocket as twisted_websocket
+    from autobahn.websocket import protocol
+
+    for module in (protocol, twisted_websocket):  # sending frames; closing sockets
+        value = module.hlval("peer")
+        assert not isinstance(value, str)  # nothing formatted yet
+        assert f"{value}" == util.hlval("peer")
+        assert str(module.hltype(Server.run)) == util.hltype(Server.run)
