@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -132,6 +133,14 @@ class StatusConsumer(AsyncWebsocketConsumer):
             expires_at = login.expires_at.timestamp()
             self._set_login(login.id, user.pk, user.get_username(), expires_at)
         return None
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Channels' own, without closing old database connections afterwards: that is a hop to
+        the thread that runs the HTTP views, per socket, queued with their requests (10% of the
+        CPU of 10,000 tabs closing, py-spy). Nothing here touches the database, and this consumer
+        joins none of Channels' `groups`."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     async def disconnect(self, code: int) -> None:
         """Runs when the socket closes, for whatever reason."""

@@ -6,6 +6,7 @@ import asyncio
 from datetime import datetime
 
 import pytest
+from channels import db as channels_db
 from django.test import AsyncClient
 
 from realtime.groups import RATE_BURST, RATE_PER_SECOND
@@ -178,3 +179,21 @@ async def test_sockets_past_the_per_user_limit_are_refused_with_4029(
     assert status["username"] == "bob"
     _, status = await status_socket()  # and so are anonymous sockets
     assert status["authenticated"] is False
+
+
+async def test_events_and_closes_make_no_hop_to_the_views_thread(status_socket, alice, monkeypatch):
+    """Channels closes old database connections (on the thread of the HTTP views) after every
+    event and every close; this consumer touches no database there, and skips both."""
+    calls = []
+    close_old_connections = channels_db.close_old_connections
+    monkeypatch.setattr(
+        channels_db,
+        "close_old_connections",
+        lambda: calls.append(1) or close_old_connections(),
+    )
+    socket, _ = await status_socket(user=alice)
+    calls.clear()  # the connect's own database trip closes them, as it should
+    await socket.send_json_to({"type": "ping"})
+    assert await socket.receive_json_from() == {"type": "pong"}
+    await socket.disconnect()
+    assert calls == []
