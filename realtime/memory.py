@@ -37,6 +37,9 @@ TRIM_MAX_WAIT = 30.0  # seconds from the first due close: a wave that never paus
 # That was 4% of a core (gc.callbacks, 2 minutes idle). At 50,000 objects no burst reaches it:
 # the same 2 minutes collected nothing. Opening sockets still triggers it (each leaves some 170
 # objects behind, so every 300 or so), and closing waves end in a full collection (`Trimmer`).
+# The price: during a wave of connects each young collection moves some 50,000 survivors up, and
+# the middle generation's collections then take 150-320 ms with 10,000 tabs (docs/performance.md,
+# "The collector's pauses"; a middle threshold of 1 made it worse).
 GC_YOUNG_THRESHOLD = 50_000
 
 
