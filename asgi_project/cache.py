@@ -5,6 +5,8 @@ socket runs in a context of its own, and the session lookup at connect (`cached_
 gave each socket its own `RedisCache`, its own pool and one Redis connection for as long as the
 socket lived: 10,000 tabs reached Redis's 10,000-client limit in the benchmark. The client (and
 its thread-safe redis-py pools) is shared here by every instance with the same configuration.
+Sockets now also share one instance (made at startup in asgi_project/asgi.py); sync threads still
+make their own, and share the client.
 """
 
 from __future__ import annotations

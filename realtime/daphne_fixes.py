@@ -27,7 +27,8 @@ uvicorn, need none).
 5. A queue per socket. Daphne gives each connection's application an `asyncio.Queue` for its
    input: three deques and an `Event`, 3 KiB per idle socket (tracemalloc), for a queue that is
    nearly always empty. A WebSocket's is a `realtime.layers.ChannelQueue` here (its one reader is
-   the consumer); HTTP requests keep Daphne's.
+   the consumer); HTTP requests keep Daphne's. Fixes 4 and 5 share one copy of Daphne's
+   `create_application`, which must be compared with Daphne's on every upgrade.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def apply() -> None:
     WebSocketProtocol.serverClose = serverClose
     Server.kill_all_applications = kill_all_applications
     _share_protocol_options()
-    _small_socket_queues()
-    _check_only_due_connections()  # wraps create_application: after _small_socket_queues
+    _create_applications()
+    _check_only_due_connections()
 
 
 class _Lazy:
@@ -135,31 +136,39 @@ def _share_protocol_options() -> None:
     WebSocketFactory.setProtocolOptions = setProtocolOptions
 
 
-def _small_socket_queues() -> None:
+def _due(server) -> set:
+    """The connections the next check visits (fix 4; made on first use: Daphne's __init__ is not
+    patched)."""
+    try:
+        return server.live_due
+    except AttributeError:
+        server.live_due = set()
+        return server.live_due
+
+
+def _create_applications() -> None:
     from daphne.server import Server
 
     from realtime.layers import ChannelQueue
 
-    create_application = Server.create_application
-
-    def create(self, protocol, scope):
-        """Daphne's `create_application`, with a `ChannelQueue` for a WebSocket's input."""
-        if scope.get("type") != "websocket":
-            return create_application(self, protocol, scope)
+    def create_application(self, protocol, scope):
+        """Daphne's `create_application`, with a `ChannelQueue` for a WebSocket's input (fix 5)
+        and the connection due for the checker once its application ends (fix 4)."""
         assert "application_instance" not in self.connections[protocol]
-        input_queue = ChannelQueue(capacity=None)
+        websocket = scope.get("type") == "websocket"
+        input_queue = ChannelQueue(capacity=None) if websocket else asyncio.Queue()
         scope.setdefault("asgi", {"version": "3.0"})
         application_instance = self.application(
             scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
         )
         if protocol not in self.connections:
             return None
-        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
-            application_instance, loop=asyncio.get_event_loop()
-        )
+        instance = asyncio.ensure_future(application_instance, loop=asyncio.get_event_loop())
+        self.connections[protocol]["application_instance"] = instance
+        instance.add_done_callback(lambda _: _due(self).add(protocol))
         return input_queue
 
-    Server.create_application = create
+    Server.create_application = create_application
 
 
 def _check_only_due_connections() -> None:
@@ -167,28 +176,11 @@ def _check_only_due_connections() -> None:
     from twisted.internet import reactor
 
     daphne_logger = logging.getLogger("daphne.server")
-    create_application = Server.create_application
     protocol_disconnected = Server.protocol_disconnected
-
-    def due(server) -> set:
-        """The connections the next check visits (made on first use: Daphne's __init__ is not
-        patched)."""
-        try:
-            return server.live_due
-        except AttributeError:
-            server.live_due = set()
-            return server.live_due
-
-    def create(self, protocol, scope):
-        queue = create_application(self, protocol, scope)
-        instance = self.connections.get(protocol, {}).get("application_instance")
-        if instance is not None:
-            instance.add_done_callback(lambda _: due(self).add(protocol))
-        return queue
 
     def disconnected(self, protocol):
         protocol_disconnected(self, protocol)
-        due(self).add(protocol)
+        _due(self).add(protocol)
 
     def check(self, protocol, details) -> None:
         """Daphne's `application_checker`, for one connection."""
@@ -224,7 +216,7 @@ def _check_only_due_connections() -> None:
             del self.connections[protocol]
 
     def application_checker(self):
-        pending = due(self)
+        pending = _due(self)
         for protocol in list(pending):
             details = self.connections.get(protocol)
             if details is not None:
@@ -234,6 +226,5 @@ def _check_only_due_connections() -> None:
                 pending.discard(protocol)
         reactor.callLater(1, self.application_checker)
 
-    Server.create_application = create
     Server.protocol_disconnected = disconnected
     Server.application_checker = application_checker

@@ -67,6 +67,27 @@ def database_url(db: dict) -> str:
     return f"postgres://{auth}@{host}:{port}/{name}"
 
 
+def project_env(db: dict) -> dict[str, str]:
+    """The environment of a project process (a server, manage.py) on the database `db`."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "asgi_project.settings",
+        "DJANGO_DEBUG": "true",  # plain HTTP on loopback: no TLS redirect, no Secure cookies
+        "DATABASE_URL": database_url(db),
+    }
+
+
+def manage(db: dict, *command: str) -> None:
+    """Run a manage.py command on the database `db`, in a process of its own."""
+    subprocess.run(
+        [sys.executable, "manage.py", *command],
+        cwd=ROOT,
+        env=project_env(db),
+        check=True,
+        timeout=120,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -125,10 +146,7 @@ class LiveServers:
     def _spawn(self, extra_env: dict[str, str], *, port: int | None = None) -> Server:
         port = port or free_port()
         env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "asgi_project.settings",
-            "DJANGO_DEBUG": "true",  # plain HTTP on loopback: no TLS redirect, no Secure cookies
-            "DATABASE_URL": database_url(self.database),
+            **project_env(self.database),
             "REDIS_URL": self.redis_url,
             "PYTHONUNBUFFERED": "1",
             "PYTHONMALLOC": "malloc",  # as the Procfile runs it (realtime/memory.py)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psycopg
@@ -25,12 +23,12 @@ from realtime.groups import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, EVENT_SESSIONS, l
 from tests.conftest import require
 from tests.live import (
     GROUP_KEYS,
-    ROOT,
     Browser,
     RedisServer,
     Server,
     database_url,
     live_password_hash,
+    manage,
 )
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(90)]
@@ -296,20 +294,12 @@ def scratch_postgres(settings):
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database["NAME"]}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{database["NAME"]}"')
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "asgi_project.settings",
-        "DJANGO_DEBUG": "true",
-        "DATABASE_URL": database_url(database),
-    }
     create_alice = (
         "from django.contrib.auth import get_user_model; "
         f"get_user_model().objects.create(username='alice', password={live_password_hash()!r})"
     )
-    for command in (["migrate", "--no-input", "-v", "0"], ["shell", "-c", create_alice]):
-        subprocess.run(
-            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, timeout=120
-        )
+    manage(database, "migrate", "--no-input", "-v", "0")
+    manage(database, "shell", "-c", create_alice)
     yield database
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database["NAME"]}" WITH (FORCE)')
