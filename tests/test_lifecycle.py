@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from importlib import import_module
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.cache import caches
 from django.core.management import call_command
 from django.db import connection
 from django.test import AsyncClient, Client
@@ -250,6 +252,29 @@ async def _end_by_logout_everywhere(client, other):
 async def _end_by_revoke(client, other):
     response = await other.post(f"/accounts/sessions/{await login_id_of(client)}/revoke/")
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize("backend", ["db", "cache", "cached_db", "file"])
+def test_logout_everywhere_deletes_the_stored_sessions_together(alice, bob, settings, backend):
+    settings.SESSION_ENGINE = f"django.contrib.sessions.backends.{backend}"
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    browsers = [Client() for _ in range(4)]
+    for client, user in zip(browsers, [alice, alice, alice, bob], strict=True):
+        client.force_login(user)
+    keys = [client.session.session_key for client in browsers]
+    assert all(store().exists(key) for key in keys)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert browsers[0].post("/accounts/logout/everywhere/").status_code == 302
+
+    assert [store().exists(key) for key in keys] == [False, False, False, True]
+    if backend in ("cache", "cached_db"):
+        cached = caches[settings.SESSION_CACHE_ALIAS].get_many(
+            [store.cache_key_prefix + key for key in keys]
+        )
+        assert list(cached) == [store.cache_key_prefix + keys[3]]
+    deletes = [q["sql"] for q in queries if q["sql"].startswith('DELETE FROM "django_session"')]
+    assert len(deletes) == (1 if backend in ("db", "cached_db") else 0), deletes
 
 
 async def _end_by_password_change(client, other):
