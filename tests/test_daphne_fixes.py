@@ -1,7 +1,8 @@
-"""Daphne's connection checker and input queues, as realtime/daphne_fixes.py leaves them (fixes 4
-and 5), on Daphne's own `Server` class: it reaps finished applications and closes out disconnected
-connections as Daphne does, never looks at a connection with nothing to do, and gives a WebSocket's
-application a `ChannelQueue` for its input.
+"""Daphne's connection checker, input queues and WebSocket writes, as realtime/daphne_fixes.py
+leaves them (fixes 4, 5 and 6), on Daphne's own classes: the checker reaps finished applications and
+closes out disconnected connections as Daphne does, never looks at a connection with nothing to do,
+a WebSocket's application gets a `ChannelQueue` for its input, and a WebSocket's write is sent at
+once, in order with anything still waiting.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 
 import pytest
 from daphne.server import Server
@@ -164,3 +167,52 @@ def test_autobahn_formats_debug_log_arguments_only_when_written():
         assert not isinstance(value, str)  # nothing formatted yet
         assert f"{value}" == util.hlval("peer")
         assert str(module.hltype(Server.run)) == util.hltype(Server.run)
+
+
+@pytest.fixture
+def websocket_transport():
+    """Daphne's WebSocket protocol on a real loopback TCP connection (the reactor never runs):
+    its transport, and the client's end of the socket."""
+    from daphne.ws_protocol import WebSocketFactory
+    from twisted.internet import reactor, tcp
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=2)
+    accepted, address = listener.accept()
+    listener.close()
+    accepted.setblocking(False)
+    before = set(reactor.getDelayedCalls())
+    protocol = WebSocketFactory(None, server="Daphne").buildProtocol(address)
+    transport = tcp.Server(accepted, protocol, address, None, 1, reactor)
+    protocol.makeConnection(transport)
+    yield transport, client
+    for call in set(reactor.getDelayedCalls()) - before:  # autobahn's handshake timeout
+        call.cancel()
+    transport.stopWriting()
+    accepted.close()
+    client.close()
+
+
+def test_a_websocket_write_is_sent_at_once_in_order_with_what_waits(websocket_transport):
+    transport, client = websocket_transport
+    assert type(transport).__name__ == "WriteAtOnce" and transport.getTcpNoDelay()
+    transport.write(b"logout")
+    assert client.recv(100) == b"logout"  # no turn of the event loop in between
+
+    # More than the socket takes: the rest waits in Twisted's buffer, and what is written next
+    # goes after it, not before.
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = bytes(range(256)) * 8192
+    transport.write(big)
+    transport.write(b"close")
+    assert transport._tempDataBuffer or len(transport.dataBuffer) > transport.offset
+    received = bytearray()
+    client.settimeout(0.05)
+    deadline = time.monotonic() + 10
+    while len(received) < len(big) + 5 and time.monotonic() < deadline:
+        transport.doWrite()  # what the reactor does when the socket can take more
+        try:
+            received += client.recv(1 << 20)
+        except TimeoutError:
+            pass
+    assert bytes(received) == big + b"close"
