@@ -248,13 +248,9 @@ def _write_websockets_at_once() -> None:
         """A connection that sends a write at once when nothing waits before it (fix 6)."""
 
         def write(self, data: bytes) -> None:
-            if (
-                data
-                and self.connected
-                and not (self.TLS or self.disconnecting or self._writeDisconnected)
-                and not self._tempDataBuffer
-                and len(self.dataBuffer) <= self.offset
-            ):
+            waiting = self._tempDataBuffer or len(self.dataBuffer) > self.offset
+            closing = self.disconnecting or self._writeDisconnected or self._aborting
+            if data and self.connected and not (waiting or closing or self.TLS):
                 try:
                     sent = self.socket.send(data)
                 except OSError:  # full, or broken: Twisted's write below finds out which

@@ -216,3 +216,8 @@ def test_a_websocket_write_is_sent_at_once_in_order_with_what_waits(websocket_tr
         except TimeoutError:
             pass
     assert bytes(received) == big + b"close"
+
+    transport.abortConnection()  # drops what is buffered: nothing more goes out
+    transport.write(b"late")
+    with pytest.raises(TimeoutError):
+        client.recv(100)
