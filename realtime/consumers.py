@@ -18,6 +18,7 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from realtime.groups import (
@@ -37,7 +38,14 @@ from realtime.groups import (
     user_sessions_group,
     user_tabs_group,
 )
-from realtime.layers import REDIS_DOWN, add_to_groups, discard_from_groups, group_sizes
+from realtime.layers import (
+    REDIS_DOWN,
+    BlockingPoolRedisChannelLayer,
+    ChannelQueue,
+    add_to_groups,
+    discard_from_groups,
+    group_sizes,
+)
 from realtime.watch import watcher
 
 logger = logging.getLogger(__name__)
@@ -66,7 +74,7 @@ class StatusConsumer(AsyncWebsocketConsumer):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self._serve(scope, receive, send)
         except asyncio.CancelledError:
             # The server is shutting down (Daphne cancels every application on SIGTERM): say
             # "going away" so the client reconnects with backoff, and leave the shared groups
@@ -83,6 +91,30 @@ class StatusConsumer(AsyncWebsocketConsumer):
                 except Exception:
                     logger.warning("could not leave the channel-layer groups at shutdown")
             raise
+
+    async def _serve(self, scope, receive, send) -> None:
+        """Channels' `AsyncConsumer.__call__`, with one queue for both kinds of message where it
+        can: under Daphne, whose input queue for a socket is a `ChannelQueue`
+        (realtime/daphne_fixes.py, fix 5), and the Redis layer, whose reader then puts this
+        socket's events into that same queue. Channels waits on two receives with
+        `asyncio.wait` and a new task for each message, so an event took three turns of the
+        event loop to reach `dispatch`, and every idle socket kept two more tasks waiting."""
+        queue = getattr(receive, "__self__", None)
+        layer = get_channel_layer(self.channel_layer_alias)
+        if not isinstance(queue, ChannelQueue) or not isinstance(
+            layer, BlockingPoolRedisChannelLayer
+        ):
+            await super().__call__(scope, receive, send)  # the test communicator, uvicorn, ...
+            return
+        self.scope, self.channel_layer, self.base_send = scope, layer, send
+        self.channel_name = await layer.new_channel_into(queue)
+        try:
+            while True:
+                await self.dispatch(await queue.get())
+        except StopConsumer:
+            pass
+        finally:
+            layer.stop_delivering(self.channel_name)
 
     async def connect(self) -> None:
         """Runs once the origin check and auth middleware have resolved the user."""

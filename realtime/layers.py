@@ -12,6 +12,8 @@
   receive is cancelled (how every consumer ends). Messages for a channel without a queue are
   dropped. That queue is a `ChannelQueue`, not channels-redis's `asyncio.Queue`: an idle socket's
   queue is empty, and `asyncio.Queue`'s three deques and an `Event` cost 3 KiB of it per socket.
+  Under Daphne that queue is the socket's input queue from the server (`new_channel_into`), so
+  the consumer waits on one queue for its client's messages and its events alike.
 - The project needs a few group operations beyond the channel-layer API (join or leave several
   groups in one round trip, drop a whole group, count members across processes). The functions
   at the end of this module do them for any Redis layer and for Channels' in-memory layer, so
@@ -140,11 +142,25 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         except asyncio.CancelledError:
             # The consumer is gone (or its caller gave up): its queue goes, and messages that
             # arrive for it later are dropped instead of kept for nobody.
-            self.receive_buffer.pop(channel, None)
-            if not self.receive_buffer and self._reader is not None:
-                self._reader.cancel()  # nothing to read for; the next receive starts another
-                self._reader = None
+            self.stop_delivering(channel)
             raise
+
+    async def new_channel_into(self, queue: ChannelQueue, prefix: str = "specific.") -> str:
+        """A new channel of this process whose messages the reader puts straight into `queue`,
+        a consumer's own input queue from its server (realtime.consumers): no `receive` is
+        needed for it. `stop_delivering(channel)` ends that; until then the queue is unbounded
+        (its consumer reads it all the time, as it must for its client's messages)."""
+        channel = await RedisChannelLayer.new_channel(self, prefix)
+        self.receive_buffer[channel] = queue
+        self._ensure_reader(self.non_local_name(channel))
+        return channel
+
+    def stop_delivering(self, channel: str) -> None:
+        """Forget a channel's queue: messages that arrive for it later are dropped."""
+        self.receive_buffer.pop(channel, None)
+        if not self.receive_buffer and self._reader is not None:
+            self._reader.cancel()  # nothing to read for; the next receive starts another
+            self._reader = None
 
     def _ensure_reader(self, process_channel: str) -> None:
         loop = asyncio.get_running_loop()

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
 
+from accounts.logins import end_user_logins
+from asgi_project.asgi import application
 from realtime.layers import (
     REDIS_DOWN,
     ChannelQueue,
@@ -15,6 +20,7 @@ from realtime.layers import (
     group_sizes,
 )
 from tests.conftest import LIVE_LAYER
+from tests.helpers import ORIGIN, STATUS_PATH, assert_logged_out, cookie_header
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,3 +126,42 @@ async def test_every_socket_in_a_batch_hears_that_redis_is_down(private_layer, p
         return_exceptions=True,
     )
     assert all(isinstance(result, REDIS_DOWN) for result in results), results
+
+
+class InputQueue(ChannelQueue):
+    """A socket's input queue as Daphne's is here (realtime/daphne_fixes.py, fix 5), with the
+    `put` that the test communicator calls."""
+
+    async def put(self, message) -> None:
+        self.put_nowait(message)
+
+
+async def test_under_daphne_a_socket_reads_its_events_from_its_own_input_queue(redis_layer, alice):
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    headers = [(b"origin", ORIGIN), (b"cookie", cookie_header(client.cookies))]
+    sockets, queues = [], []
+    for _ in range(2):
+        socket = WebsocketCommunicator(application, STATUS_PATH, headers=headers)
+        socket._input_queue = InputQueue(capacity=None)
+        assert (await socket.connect(timeout=5))[0]
+        assert (await socket.receive_json_from(timeout=5))["authenticated"]
+        sockets.append(socket)
+        queues.append(socket._input_queue)
+    # The layer's reader puts the socket's events into that queue: no receive of its own, so
+    # one task per socket (the first socket's also started the process's reader).
+    assert all(any(q is queue for q in redis_layer.receive_buffer.values()) for queue in queues)
+    tasks = len(asyncio.all_tasks())
+    third = WebsocketCommunicator(application, STATUS_PATH, headers=headers)
+    third._input_queue = InputQueue(capacity=None)
+    assert (await third.connect(timeout=5))[0]
+    await third.receive_json_from(timeout=5)
+    assert len(asyncio.all_tasks()) - tasks == 1
+    await third.disconnect()
+
+    await sync_to_async(end_user_logins)(alice, "revoked")
+    for socket in sockets:
+        await assert_logged_out(socket, "revoked")
+        await socket.disconnect()
+    await asyncio.sleep(0.1)
+    assert not redis_layer.receive_buffer  # every queue forgotten, the reader stopped
