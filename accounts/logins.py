@@ -125,8 +125,8 @@ def delete_stored_sessions(session_keys: list[str]) -> None:
 
     Their `delete` makes a `SELECT` and a `DELETE` per session, and a cache round trip: 300 round
     trips for a logout everywhere of 100 sessions. They ran after the tabs were told, but the
-    request took the interpreter's lock at every answer, and the tabs heard 0.3 s later for it
-    (docs/performance.md). Another engine, or a subclass with its own `delete`, is asked one
+    request took the interpreter's lock at every answer, and the tabs heard 0.1-0.2 s later for
+    it (docs/performance.md). Another engine, or a subclass with its own `delete`, is asked one
     session at a time. As Django's `cached_db` does, the row goes first: a request in between
     can then not read the row back into the cache."""
     keys = [key for key in session_keys if key]
