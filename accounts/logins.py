@@ -131,17 +131,19 @@ def delete_stored_sessions(session_keys: list[str]) -> None:
     can then not read the row back into the cache."""
     keys = [key for key in session_keys if key]
     store = session_store_class()
-    if store.delete not in _DELETES_ROW | _DELETES_CACHED:
+    in_table, in_cache = store.delete in _DELETES_ROW, store.delete in _DELETES_CACHED
+    if not (in_table or in_cache):
         for key in keys:
             store(key).delete()
         return
     for start in range(0, len(keys), _BULK):
         chunk = keys[start : start + _BULK]
-        if store.delete in _DELETES_ROW:
+        if in_table:
             store.get_model_class().objects.filter(session_key__in=chunk).delete()
-        if store.delete in _DELETES_CACHED:
-            cache = caches[settings.SESSION_CACHE_ALIAS]
-            cache.delete_many([store.cache_key_prefix + key for key in chunk])
+        if in_cache:
+            caches[settings.SESSION_CACHE_ALIAS].delete_many(
+                [store.cache_key_prefix + key for key in chunk]
+            )
 
 
 def end_checked_login(login: Login, reason: str) -> bool:
