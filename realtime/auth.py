@@ -14,6 +14,10 @@ the session's auth hash, flushing the session on a mismatch). A profile of conne
 a handshake in two queries, a third of that in turning timestamps into `datetime`s. Any other
 backend goes through Channels' `get_user` and a second query.
 
+The lookups run on a few threads of their own (`CONNECT_THREADS`), not on Channels' single
+database thread: most of a lookup is waiting for the session store and the database, and on one
+thread every connecting tab waited for all the others' round trips in turn.
+
 When the database or the session store cannot be reached, the failure is logged and the scope is
 marked `live_unavailable`: the consumer refuses the socket cleanly (1013, try again later) instead
 of failing the handshake with a server error.
@@ -22,9 +26,10 @@ of failing the handshake with a server error.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from channels.auth import AuthMiddleware, get_user
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
@@ -44,14 +49,25 @@ from realtime.groups import LOGIN_ID_SESSION_KEY
 
 logger = logging.getLogger(__name__)
 
+# Threads that resolve connecting sockets; each holds a database connection while it works (with
+# PostgreSQL, one from the pool in settings: keep this below its `max_size`).
+CONNECT_THREADS = 4
+_connect_executor = ThreadPoolExecutor(CONNECT_THREADS, thread_name_prefix="live-connect")
 
-@database_sync_to_async
+
+def _on_connect_threads(func):
+    """`database_sync_to_async` (old connections closed before and after), on `CONNECT_THREADS`
+    threads instead of Channels' one."""
+    return DatabaseSyncToAsync(func, thread_sensitive=False, executor=_connect_executor)
+
+
+@_on_connect_threads
 def _resolve(scope):
     session = scope["session"]
     backend = _joinable_backend(session.get(BACKEND_SESSION_KEY))
     if backend is not None:
         return _resolve_joined(session, backend)
-    user = get_user.func(scope)  # Channels' own lookup, undecorated: we are on its thread already
+    user = get_user.func(scope)  # Channels' own, undecorated: on a database thread already
     login = None
     if user.is_authenticated:
         login = logins.active_login(session.get(LOGIN_ID_SESSION_KEY), user.pk)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
+from channels.db import database_sync_to_async
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.hashers import make_password
 from django.test import AsyncClient
@@ -46,6 +50,20 @@ def test_user_and_login_come_from_one_query(alice, django_assert_num_queries):
         user, login = _resolve.func(scope)
     assert user.pk == alice.pk and user.get_username() == "alice"
     assert login is not None and login.user_id == alice.pk
+
+
+async def test_a_socket_opens_while_channels_database_thread_is_busy(status_socket, alice):
+    """Connect-time lookups run on threads of their own: on Channels' one database thread, every
+    connecting tab waited behind whatever else ran there (and behind each other's round trips)."""
+    client = await logged_in_client(alice)
+    release = threading.Event()
+    busy = asyncio.ensure_future(database_sync_to_async(release.wait)(10))
+    try:
+        _, status = await asyncio.wait_for(status_socket(cookies=client.cookies), 5)
+        assert status["authenticated"] and status["username"] == "alice"
+    finally:
+        release.set()
+        await busy
 
 
 async def test_a_changed_password_hash_makes_the_socket_anonymous_and_ends_the_session(
