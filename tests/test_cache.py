@@ -1,4 +1,4 @@
-"""The Redis cache (asgi_project/cache.py): one client per process, one redis-py `Redis` per pool."""
+"""The Redis cache (asgi_project/cache.py): one client per process, one `Redis` per pool."""
 
 from __future__ import annotations
 
