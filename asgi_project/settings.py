@@ -191,6 +191,7 @@ AXES_USERNAME_CALLABLE = "accounts.throttle.attempted_username"
 AXES_DISABLE_ACCESS_LOG = True  # the Login table records every login already
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
+AXES_HANDLER = "accounts.throttle.LoginCleanupHandler"  # no clean-up on logout (its docstring)
 
 # --- Content Security Policy (django-csp): everything from this origin, nothing inline ----------
 CONTENT_SECURITY_POLICY = {

@@ -10,7 +10,11 @@ from datetime import timedelta
 
 import pytest
 import websockets
+from axes.models import AccessAttempt
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -241,3 +245,38 @@ def test_the_lockout_ends_after_the_cool_off(alice, settings):
     settings.AXES_COOLOFF_TIME = timedelta(seconds=0.5)
     time.sleep(0.6)
     assert log_in(Client(), "alice", "alice-pass-1234", "203.0.113.9").status_code == 302
+
+
+def expired_attempt(username: str) -> AccessAttempt:
+    attempt = AccessAttempt.objects.create(
+        username=username,
+        ip_address="192.0.2.50",
+        user_agent="",
+        get_data="",
+        post_data="",
+        http_accept="",
+        path_info="/accounts/login/",
+        failures_since_start=3,
+    )
+    long_ago = timezone.now() - timedelta(days=30)  # `attempt_time` is set on create
+    AccessAttempt.objects.filter(pk=attempt.pk).update(attempt_time=long_ago)
+    return attempt
+
+
+@pytest.mark.django_db
+def test_logins_clean_up_expired_attempts_and_logouts_leave_them_alone(alice):
+    """A logout skips axes' clean-up (three database round trips); the next login does it."""
+    client = Client()
+    first = expired_attempt("someone")
+    assert log_in(client, "alice", "alice-pass-1234").status_code == 302
+    assert not AccessAttempt.objects.filter(pk=first.pk).exists()
+
+    second = expired_attempt("someone-else")
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post("/accounts/logout/").status_code == 302
+    assert "_auth_user_id" not in client.session
+    assert not [q for q in queries.captured_queries if "axes_accessattempt" in q["sql"]]
+    assert AccessAttempt.objects.filter(pk=second.pk).exists()
+
+    assert log_in(client, "alice", "alice-pass-1234").status_code == 302
+    assert not AccessAttempt.objects.filter(pk=second.pk).exists()
