@@ -1,4 +1,4 @@
-"""Six fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
+"""Seven fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
 uvicorn, need none).
 
 1. Close codes. Daphne closes a socket through autobahn's `sendClose`, which refuses every code
@@ -38,6 +38,11 @@ uvicorn, need none).
    asyncio does for every TCP socket, so a small write right after another is not held back
    (autobahn means to, but reads its `tcpNoDelay` option before copying it from the factory).
    HTTP connections write as before.
+7. The handshake, kept for the socket's life. Once a WebSocket is open, autobahn still holds the
+   raw request it parsed, the parsed headers and query, and the response it sent ("for the test
+   suite"), and Daphne holds autobahn's request object for its path, which it logs: about 2 KiB
+   per idle socket of copies of what the scope's headers already hold. Here they are dropped when
+   the socket opens; Daphne keeps the path. Nothing on the server's side reads them later.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ def apply() -> None:
     _create_applications()
     _check_only_due_connections()
     _write_websockets_at_once()
+    _forget_the_handshake()
 
 
 class _Lazy:
@@ -269,3 +275,26 @@ def _write_websockets_at_once() -> None:
         connection_made(self)
 
     WebSocketProtocol.connectionMade = connectionMade
+
+
+class _OpenedRequest:
+    """What Daphne reads of an open WebSocket's handshake request: its path (fix 7)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _forget_the_handshake() -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+
+    on_open = WebSocketProtocol.onOpen
+
+    def onOpen(self):
+        on_open(self)
+        self.request = _OpenedRequest(self.request.path)
+        self.http_headers = self.http_request_params = None
+        self.http_request_data = self.http_response_data = None
+
+    WebSocketProtocol.onOpen = onOpen

@@ -1,8 +1,9 @@
-"""Daphne's connection checker, input queues and WebSocket writes, as realtime/daphne_fixes.py
-leaves them (fixes 4, 5 and 6), on Daphne's own classes: the checker reaps finished applications and
-closes out disconnected connections as Daphne does, never looks at a connection with nothing to do,
-a WebSocket's application gets a `ChannelQueue` for its input, and a WebSocket's write is sent at
-once, in order with anything still waiting.
+"""Daphne's connection checker, input queues, WebSocket writes and handshakes, as
+realtime/daphne_fixes.py leaves them (fixes 4 to 7), on Daphne's own classes: the checker reaps
+finished applications and closes out disconnected connections as Daphne does, never looks at a
+connection with nothing to do, a WebSocket's application gets a `ChannelQueue` for its input, a
+WebSocket's write is sent at once, in order with anything still waiting, and an open WebSocket
+keeps no copy of its handshake.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -59,9 +60,8 @@ async def echoes(scope, receive, send) -> None:
 
 
 def application(scope, receive, send):
-    return {"finishes": finishes, "fails": fails, "hangs": hangs, "echoes": echoes}[scope["app"]](
-        scope, receive, send
-    )
+    apps = {"finishes": finishes, "fails": fails, "hangs": hangs, "echoes": echoes}
+    return apps[scope.get("app", "hangs")](scope, receive, send)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_autobahn_formats_debug_log_arguments_only_when_written():
 
 
 @pytest.fixture
-def websocket_transport():
+def websocket_transport(server):
     """Daphne's WebSocket protocol on a real loopback TCP connection (the reactor never runs):
     its transport, and the client's end of the socket."""
     from daphne.ws_protocol import WebSocketFactory
@@ -182,7 +182,7 @@ def websocket_transport():
     listener.close()
     accepted.setblocking(False)
     before = set(reactor.getDelayedCalls())
-    protocol = WebSocketFactory(None, server="Daphne").buildProtocol(address)
+    protocol = WebSocketFactory(server, server="Daphne").buildProtocol(address)
     transport = tcp.Server(accepted, protocol, address, None, 1, reactor)
     protocol.makeConnection(transport)
     yield transport, client
@@ -221,3 +221,28 @@ def test_a_websocket_write_is_sent_at_once_in_order_with_what_waits(websocket_tr
     transport.write(b"late")
     with pytest.raises(TimeoutError):
         client.recv(100)
+
+
+async def test_an_open_websocket_keeps_no_copy_of_its_handshake(server, websocket_transport):
+    transport, client = websocket_transport
+    protocol = transport.protocol
+    protocol._raw_query_string = b"next=1"  # Daphne's HTTP side sets it when it hands over
+    protocol.dataReceived(
+        b"GET /ws/status/?next=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\nCookie: sessionid=abc\r\n\r\n"
+    )
+    assert protocol.http_headers["cookie"] == "sessionid=abc"  # until the application accepts
+    protocol.serverAccept()
+    assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
+
+    assert protocol.http_headers is None and protocol.http_request_params is None
+    assert protocol.http_request_data is None and protocol.http_response_data is None
+    assert protocol.request.path == "/ws/status/"  # for Daphne's access log
+    assert not hasattr(protocol.request, "headers")
+    # The application's scope still has the headers, once.
+    assert (b"cookie", b"sessionid=abc") in protocol.clean_headers
+    assert server.connections[protocol]["application_instance"] is not None
+
+    protocol.sendMessage(b'{"type":"status"}')  # the open socket works as before
+    assert client.recv(100) == b"\x81\x11" + b'{"type":"status"}'
