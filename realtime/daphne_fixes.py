@@ -1,4 +1,4 @@
-"""Seven fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
+"""Eight fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
 uvicorn, need none).
 
 1. Close codes. Daphne closes a socket through autobahn's `sendClose`, which refuses every code
@@ -43,6 +43,13 @@ uvicorn, need none).
    suite"), and Daphne holds autobahn's request object for its path, which it logs: about 2 KiB
    per idle socket of copies of what the scope's headers already hold. Here they are dropped when
    the socket opens; Daphne keeps the path. Nothing on the server's side reads them later.
+8. The HTTP request that became a WebSocket. Daphne hands the connection over to the WebSocket
+   protocol, but Twisted's HTTP channel stays registered as the connection's producer, so the
+   channel and its request (headers twice, cookies, arguments, an empty body buffer) live as long
+   as the socket: 2.6 KiB of dicts and more per idle socket. Here the channel lets go of the
+   connection once it is handed over. (As the producer it paused reading from a client whose
+   socket had too much waiting to be written; a WebSocket's protocol never asked for that, and
+   the channel layer's capacity bounds what waits for a socket.)
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ def apply() -> None:
     _check_only_due_connections()
     _write_websockets_at_once()
     _forget_the_handshake()
+    _release_upgraded_requests()
 
 
 class _Lazy:
@@ -298,3 +306,20 @@ def _forget_the_handshake() -> None:
         self.http_request_data = self.http_response_data = None
 
     WebSocketProtocol.onOpen = onOpen
+
+
+def _release_upgraded_requests() -> None:
+    from daphne.http_protocol import WebRequest
+
+    process = WebRequest.process
+
+    def released_process(self):
+        process(self)
+        channel = self.channel
+        if self.transport is None and channel is not None:  # handed to a WebSocket (fix 8)
+            connection = channel.transport
+            if connection is not None and connection.producer is channel:
+                connection.unregisterProducer()
+            channel.requests.clear()
+
+    WebRequest.process = released_process

@@ -1,9 +1,9 @@
 """Daphne's connection checker, input queues, WebSocket writes and handshakes, as
-realtime/daphne_fixes.py leaves them (fixes 4 to 7), on Daphne's own classes: the checker reaps
+realtime/daphne_fixes.py leaves them (fixes 4 to 8), on Daphne's own classes: the checker reaps
 finished applications and closes out disconnected connections as Daphne does, never looks at a
 connection with nothing to do, a WebSocket's application gets a `ChannelQueue` for its input, a
-WebSocket's write is sent at once, in order with anything still waiting, and an open WebSocket
-keeps no copy of its handshake.
+WebSocket's write is sent at once, in order with anything still waiting, an open WebSocket keeps
+no copy of its handshake, and the HTTP request it came from is let go.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -246,3 +246,55 @@ async def test_an_open_websocket_keeps_no_copy_of_its_handshake(server, websocke
 
     protocol.sendMessage(b'{"type":"status"}')  # the open socket works as before
     assert client.recv(100) == b"\x81\x11" + b'{"type":"status"}'
+
+
+async def test_the_http_request_that_became_a_websocket_is_let_go(server):
+    """Through Daphne's HTTP side, as a browser's upgrade arrives, over a real loopback
+    connection: once handed over, the HTTP channel is no longer the connection's producer and
+    holds no request, so neither lives as long as the socket."""
+    import gc
+    import weakref
+
+    from daphne.http_protocol import HTTPFactory
+    from daphne.ws_protocol import WebSocketFactory
+    from twisted.internet import reactor, tcp
+
+    server.http_factory, server.ws_factory = HTTPFactory(server), WebSocketFactory(server)
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=2)
+    accepted, address = listener.accept()
+    listener.close()
+    accepted.setblocking(False)
+    before = set(reactor.getDelayedCalls())
+    http_protocol = server.http_factory.buildProtocol(address)
+    transport = tcp.Server(accepted, http_protocol, address, None, 1, reactor)
+    try:
+        http_protocol.makeConnection(transport)
+        channel = transport.producer
+        assert type(channel).__name__ == "HTTPChannel"
+        http_protocol.dataReceived(
+            b"GET /ws/status/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nCookie: sessionid=abc\r\n\r\n"
+        )
+        websocket = transport.protocol
+        assert type(websocket).__name__ == "WebSocketProtocol"
+        assert transport.producer is None
+        assert channel.requests == []
+        channel_ref = weakref.ref(channel)
+        del channel, http_protocol
+        server.application_checker()  # forgets the request, as it does every second
+        gc.collect()
+        assert channel_ref() is None
+
+        websocket.serverAccept()  # the socket opens and works as before
+        assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
+        websocket.sendMessage(b"hi")
+        assert client.recv(100) == b"\x81\x02hi"
+    finally:
+        for call in set(reactor.getDelayedCalls()) - before:
+            call.cancel()
+        transport.stopReading()
+        transport.stopWriting()
+        accepted.close()
+        client.close()
