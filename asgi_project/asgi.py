@@ -1,5 +1,5 @@
 """ASGI entry point: HTTP goes to Django; WebSockets go through the origin check and the auth
-stack (Channels' AuthMiddlewareStack, checking the login in the same trip) to the consumer."""
+stack (Channels' pieces, checking the login in the same trip, in one coroutine) to the consumer."""
 
 import os
 
@@ -10,14 +10,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "asgi_project.settings")
 # Build the Django app first: it sets Django up, and the routing below imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.cache import caches  # noqa: E402
 
-from realtime.auth import LiveAuthMiddlewareStack  # noqa: E402
 from realtime.memory import tune_gc  # noqa: E402
-from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.routing import websocket_application  # noqa: E402
 
 tune_gc()
 # Django keeps its cache objects per async context, and every socket runs in a context of its own:
@@ -29,8 +27,6 @@ caches[settings.SESSION_CACHE_ALIAS]
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            LiveAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": websocket_application,
     }
 )

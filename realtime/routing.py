@@ -1,7 +1,8 @@
-from django.urls import path
+"""Where WebSockets go: /ws/status/ only, through the origin check and the auth stack."""
 
+from realtime.auth import StatusSocketStack
 from realtime.consumers import StatusConsumer
 
-websocket_urlpatterns = [
-    path("ws/status/", StatusConsumer.as_asgi()),
-]
+STATUS_PATH = "ws/status/"
+
+websocket_application = StatusSocketStack(StatusConsumer, STATUS_PATH)

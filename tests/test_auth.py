@@ -7,12 +7,15 @@ import threading
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.hashers import make_password
 from django.test import AsyncClient
 
 from accounts.logins import session_store_class
+from asgi_project.asgi import application
 from realtime.auth import _resolve
+from tests.helpers import ORIGIN, cookie_header
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,3 +113,59 @@ async def test_a_backend_no_longer_configured_gets_an_anonymous_socket(
     settings.AUTHENTICATION_BACKENDS = settings.AUTHENTICATION_BACKENDS[:-1]
     _, status = await status_socket(cookies=client.cookies)
     assert status == ANONYMOUS
+
+
+def await_chain(task: asyncio.Task) -> list:
+    """The coroutines a running application instance is waiting in, outermost first."""
+    chain, awaiting = [], task.get_coro()
+    while asyncio.iscoroutine(awaiting):
+        chain.append(awaiting)
+        awaiting = awaiting.cr_await
+    return chain
+
+
+async def test_the_way_to_the_consumer_is_one_coroutine_and_one_copy_of_the_scope(alice):
+    """Channels' origin check, router and auth stack kept a coroutine each, and most a copy of
+    the scope, for as long as the socket was open."""
+    client = await logged_in_client(alice)
+    headers = [(b"origin", ORIGIN), (b"cookie", cookie_header(client.cookies))]
+    communicator = WebsocketCommunicator(application, "/ws/status/", headers=headers)
+    assert (await communicator.connect(timeout=5))[0]
+    try:
+        assert (await communicator.receive_json_from(timeout=5))["username"] == "alice"
+        names = [coroutine.__qualname__ for coroutine in await_chain(communicator.future)]
+        assert names[:3] == [
+            "ProtocolTypeRouter.__call__",
+            "StatusSocketStack.__call__",
+            "StatusConsumer.__call__",
+        ]
+        scopes = {
+            id(coroutine.cr_frame.f_locals["scope"])
+            for coroutine in await_chain(communicator.future)
+            if "scope" in coroutine.cr_frame.f_locals
+        }
+        assert len(scopes) == 2  # the server's, and the one the consumer reads
+    finally:
+        await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "opens"),
+    [
+        ("/ws/status/", "", True),
+        ("/app/ws/status/", "/app", True),
+        ("/ws/status/", "/app", False),
+        ("/ws/other/", "", False),
+        ("/ws/status/extra/", "", False),
+    ],
+)
+async def test_only_the_status_path_is_served(alice, path, root_path, opens):
+    """An unknown path is refused like a foreign origin (Channels' router raised: a server
+    error); the server's `root_path` is taken off first, as Channels' router does."""
+    communicator = WebsocketCommunicator(application, path, headers=[(b"origin", ORIGIN)])
+    communicator.scope["root_path"] = root_path
+    connected, _ = await communicator.connect(timeout=5)
+    try:
+        assert connected is opens
+    finally:
+        await communicator.disconnect()
