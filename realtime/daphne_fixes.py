@@ -42,7 +42,9 @@ uvicorn, need none).
    raw request it parsed, the parsed headers and query, and the response it sent ("for the test
    suite"), and Daphne holds autobahn's request object for its path, which it logs: about 2 KiB
    per idle socket of copies of what the scope's headers already hold. Here they are dropped when
-   the socket opens; Daphne keeps the path. Nothing on the server's side reads them later.
+   the socket opens; Daphne keeps the path. Nothing on the server's side reads them later. Its
+   send queue, empty unless autobahn trickles a write out in pieces, becomes a list (56 bytes)
+   instead of a `deque` (760).
 8. The HTTP request that became a WebSocket. Daphne hands the connection over to the WebSocket
    protocol, but Twisted's HTTP channel stays registered as the connection's producer, so the
    channel and its request (headers twice, cookies, arguments, an empty body buffer) live as long
@@ -285,6 +287,16 @@ def _write_websockets_at_once() -> None:
     WebSocketProtocol.connectionMade = connectionMade
 
 
+class _SendQueue(list):
+    """autobahn's send queue as a list: all it asks of it is `append`, `popleft` and `len`, and
+    it nearly always holds nothing (fix 7)."""
+
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+
 class _OpenedRequest:
     """What Daphne reads of an open WebSocket's handshake request: its path (fix 7)."""
 
@@ -304,6 +316,8 @@ def _forget_the_handshake() -> None:
         self.request = _OpenedRequest(self.request.path)
         self.http_headers = self.http_request_params = None
         self.http_request_data = self.http_response_data = None
+        if not self.send_queue:
+            self.send_queue = _SendQueue()
 
     WebSocketProtocol.onOpen = onOpen
 

@@ -240,12 +240,21 @@ async def test_an_open_websocket_keeps_no_copy_of_its_handshake(server, websocke
     assert protocol.http_request_data is None and protocol.http_response_data is None
     assert protocol.request.path == "/ws/status/"  # for Daphne's access log
     assert not hasattr(protocol.request, "headers")
+    assert type(protocol.send_queue).__name__ == "_SendQueue"
     # The application's scope still has the headers, once.
     assert (b"cookie", b"sessionid=abc") in protocol.clean_headers
     assert server.connections[protocol]["application_instance"] is not None
 
     protocol.sendMessage(b'{"type":"status"}')  # the open socket works as before
     assert client.recv(100) == b"\x81\x11" + b'{"type":"status"}'
+    protocol.sendData(b"abcdef", chopsize=2)  # trickled out through the send queue
+    protocol.sendData(b"gh")  # waits behind it
+    received = b""
+    deadline = time.monotonic() + 5
+    while len(received) < 8 and time.monotonic() < deadline:
+        protocol._send()  # what the reactor does next, each time
+        received += client.recv(100)
+    assert received == b"abcdefgh" and not protocol.send_queue
 
 
 async def test_the_http_request_that_became_a_websocket_is_let_go(server):
