@@ -124,7 +124,7 @@ def await_chain(task: asyncio.Task) -> list:
     return chain
 
 
-async def test_the_way_to_the_consumer_is_one_coroutine_and_one_copy_of_the_scope(alice):
+async def test_the_way_to_the_consumer_is_one_coroutine_and_one_small_scope(alice):
     """Channels' origin check, router and auth stack kept a coroutine each, and most a copy of
     the scope, for as long as the socket was open."""
     client = await logged_in_client(alice)
@@ -145,6 +145,10 @@ async def test_the_way_to_the_consumer_is_one_coroutine_and_one_copy_of_the_scop
             if "scope" in coroutine.cr_frame.f_locals
         }
         assert len(scopes) == 2  # the server's, and the one the consumer reads
+        # The consumer keeps the user, not the session copy or the login row it no longer reads.
+        consumer = await_chain(communicator.future)[2].cr_frame.f_locals["self"]
+        assert consumer.scope["user"].get_username() == "alice"
+        assert "session" not in consumer.scope and "live_login" not in consumer.scope
     finally:
         await communicator.disconnect()
 
