@@ -3,8 +3,8 @@
 The auth stack (`realtime.auth`) resolves the user and checks the login against the `Login` table
 once, at connect; `scope["session"]` is a copy of the session taken then. Once the status has gone
 out, this consumer drops it and the `Login` row from its scope (1.7 KiB per idle socket): nothing
-reads them later, and every later check reads the store fresh. Afterwards the login's group, the browser's group and the process's login
-watcher tell it what changed.
+reads them later, and every later check reads the store fresh. Afterwards the login's group, the
+browser's group and the process's login watcher tell it what changed.
 """
 
 from __future__ import annotations
