@@ -45,7 +45,7 @@ from realtime.layers import (
     ChannelQueue,
     add_to_groups,
     discard_from_groups,
-    group_sizes,
+    join_and_count,
 )
 from realtime.watch import watcher
 
@@ -147,26 +147,28 @@ class StatusConsumer(AsyncWebsocketConsumer):
         self.scope.pop("live_login", None)
 
     async def _join_all(self) -> tuple[int, str] | None:
-        """Join this socket's groups (in one round trip), or say why it may not open."""
+        """Join this socket's groups (in one round trip), or say why it may not open.
+
+        The same round trip says how many sockets the login and the user have with this one; over
+        a limit, the socket is refused and `disconnect` leaves the groups again."""
         groups = []
         browser_id = self.scope["cookies"].get(BROWSER_COOKIE)
         if is_valid_id(browser_id):
             groups.append(browser_group(browser_id))
         user, login = self.scope["user"], self.scope["live_login"]
         if login is not None:  # None: anonymous, or an ended login's cookie replayed
-            per_login, per_user = await group_sizes(
-                self.channel_layer, [login_group(login.id), user_tabs_group(user.pk)]
-            )
-            if per_login >= settings.LIVE_MAX_SOCKETS_PER_LOGIN:
-                return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this session")
-            if per_user >= settings.LIVE_MAX_SOCKETS_PER_USER:
-                return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this user")
             groups += [login_group(login.id), user_tabs_group(user.pk)]
         # Join before the status goes out, so no logout sent from now on can slip past.
-        await self._join(*groups)
-        if login is not None:
-            expires_at = login.expires_at.timestamp()
-            self._set_login(login.id, user.pk, user.get_username(), expires_at)
+        sizes = await join_and_count(self.channel_layer, groups, self.channel_name)
+        self.joined += groups
+        if login is None:
+            return None
+        per_login, per_user = sizes[-2:]
+        if per_login > settings.LIVE_MAX_SOCKETS_PER_LOGIN:
+            return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this session")
+        if per_user > settings.LIVE_MAX_SOCKETS_PER_USER:
+            return (CLOSE_TOO_MANY_SOCKETS, "too many open sockets for this user")
+        self._set_login(login.id, user.pk, user.get_username(), login.expires_at.timestamp())
         return None
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:

@@ -224,17 +224,35 @@ def _keys_by_shard(layer: RedisChannelLayer, groups: list[str]) -> dict[int, lis
 async def add_to_groups(layer, groups: list[str], channel: str) -> None:
     """`group_add` for several groups, in one round trip per Redis shard (a socket joins up to
     three at connect; one at a time cost six round trips)."""
+    await _add(layer, groups, channel, count=False)
+
+
+async def join_and_count(layer, groups: list[str], channel: str) -> list[int]:
+    """`add_to_groups`, and how many sockets each group then holds across every process (this
+    one included), in the same round trip: a connect checks its socket limits with it, where
+    counting first cost a round trip of its own."""
+    return await _add(layer, groups, channel, count=True)
+
+
+async def _add(layer, groups: list[str], channel: str, *, count: bool) -> list[int]:
     if not isinstance(layer, RedisChannelLayer):
         for group in groups:
             await layer.group_add(group, channel)
-        return
+        return [len(getattr(layer, "groups", {}).get(group, ())) for group in groups]
     now = time.time()
+    oldest = now - layer.group_expiry  # older members are dead (as in group_sizes)
+    sizes: dict[str, int] = {}
     for index, keys in _keys_by_shard(layer, groups).items():
         async with layer.connection(index).pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.zadd(key, {channel: now})
                 pipe.expire(key, layer.group_expiry)
-            await pipe.execute()
+                if count:
+                    pipe.zcount(key, oldest, "+inf")
+            replies = await pipe.execute()
+        if count:
+            sizes.update(zip(keys, replies[2::3], strict=True))
+    return [sizes[layer._group_key(group)] for group in groups] if count else []
 
 
 async def discard_from_groups(layer, groups: list[str], channel: str) -> None:

@@ -154,9 +154,10 @@ async def test_sockets_past_the_per_login_limit_are_refused_with_4029(
     await client.aforce_login(alice)
     first, _ = await status_socket(cookies=client.cookies)
     await status_socket(cookies=client.cookies)
-    refused, message = await status_socket(cookies=client.cookies)
-    assert message == {"type": "error", "error": "too many open sockets for this session"}
-    assert await refused.receive_output(timeout=2) == {"type": "websocket.close", "code": 4029}
+    for _ in range(3):  # each refused socket leaves the groups it joined to be counted
+        refused, message = await status_socket(cookies=client.cookies)
+        assert message == {"type": "error", "error": "too many open sockets for this session"}
+        assert await refused.receive_output(timeout=2) == {"type": "websocket.close", "code": 4029}
     # Another login of the same user is not this session's business.
     _, status = await status_socket(user=alice)
     assert status["username"] == "alice"

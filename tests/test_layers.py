@@ -18,6 +18,7 @@ from realtime.layers import (
     add_to_groups,
     discard_from_groups,
     group_sizes,
+    join_and_count,
 )
 from tests.conftest import LIVE_LAYER
 from tests.helpers import ORIGIN, STATUS_PATH, assert_logged_out, cookie_header
@@ -114,6 +115,19 @@ async def test_sockets_leaving_at_once_share_one_zrem_per_group(private_layer, p
     await add_to_groups(private_layer, groups, channels[0])
     await discard_from_groups(private_layer, groups[:1], channels[0])
     assert await group_sizes(private_layer, groups) == [0, 1]
+
+
+async def test_joining_answers_how_many_live_members_each_group_has(private_layer, private_redis):
+    """A connect joins and counts its groups in one pipeline; members past `group_expiry` are
+    dead and not counted (channels-redis's own rule)."""
+    groups = ["test.count.login", "test.count.user"]
+    first, second = await private_layer.new_channel(), await private_layer.new_channel()
+    assert await join_and_count(private_layer, groups, first) == [1, 1]
+    assert await join_and_count(private_layer, groups[1:], second) == [2]
+    dead_key = private_layer._group_key(groups[0])
+    private_redis.client().zadd(dead_key, {"dead-channel": 1.0})  # joined in 1970
+    assert await join_and_count(private_layer, groups, second) == [2, 2]  # a rejoin, not a third
+    assert await group_sizes(private_layer, groups) == [2, 2]
 
 
 async def test_every_socket_in_a_batch_hears_that_redis_is_down(private_layer, private_redis):
