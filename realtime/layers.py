@@ -238,7 +238,7 @@ async def _add(layer, groups: list[str], channel: str, *, count: bool) -> list[i
     if not isinstance(layer, RedisChannelLayer):
         for group in groups:
             await layer.group_add(group, channel)
-        return [len(getattr(layer, "groups", {}).get(group, ())) for group in groups]
+        return await group_sizes(layer, groups) if count else []
     now = time.time()
     oldest = now - layer.group_expiry  # older members are dead (as in group_sizes)
     sizes: dict[str, int] = {}

@@ -15,7 +15,7 @@ from django.test import AsyncClient
 from accounts.logins import session_store_class
 from asgi_project.asgi import application
 from realtime.auth import _resolve
-from tests.helpers import ORIGIN, cookie_header
+from tests.helpers import ORIGIN, open_status_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -128,25 +128,23 @@ async def test_the_way_to_the_consumer_is_one_coroutine_and_one_small_scope(alic
     """Channels' origin check, router and auth stack kept a coroutine each, and most a copy of
     the scope, for as long as the socket was open."""
     client = await logged_in_client(alice)
-    headers = [(b"origin", ORIGIN), (b"cookie", cookie_header(client.cookies))]
-    communicator = WebsocketCommunicator(application, "/ws/status/", headers=headers)
-    assert (await communicator.connect(timeout=5))[0]
+    communicator, status = await open_status_socket(cookies=client.cookies)
     try:
-        assert (await communicator.receive_json_from(timeout=5))["username"] == "alice"
-        names = [coroutine.__qualname__ for coroutine in await_chain(communicator.future)]
-        assert names[:3] == [
+        assert status["username"] == "alice"
+        chain = await_chain(communicator.future)
+        assert [coroutine.__qualname__ for coroutine in chain[:3]] == [
             "ProtocolTypeRouter.__call__",
             "StatusSocketStack.__call__",
             "StatusConsumer.__call__",
         ]
         scopes = {
             id(coroutine.cr_frame.f_locals["scope"])
-            for coroutine in await_chain(communicator.future)
+            for coroutine in chain
             if "scope" in coroutine.cr_frame.f_locals
         }
         assert len(scopes) == 2  # the server's, and the one the consumer reads
         # The consumer keeps the user, not the session copy or the login row it no longer reads.
-        consumer = await_chain(communicator.future)[2].cr_frame.f_locals["self"]
+        consumer = chain[2].cr_frame.f_locals["self"]
         assert consumer.scope["user"].get_username() == "alice"
         assert "session" not in consumer.scope and "live_login" not in consumer.scope
     finally:

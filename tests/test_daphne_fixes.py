@@ -12,6 +12,7 @@ test_live.py, shutdown in test_faults.py.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -169,11 +170,19 @@ def test_autobahn_formats_debug_log_arguments_only_when_written():
         assert str(module.hltype(Server.run)) == util.hltype(Server.run)
 
 
-@pytest.fixture
-def websocket_transport(server):
-    """Daphne's WebSocket protocol on a real loopback TCP connection (the reactor never runs):
-    its transport, and the client's end of the socket."""
-    from daphne.ws_protocol import WebSocketFactory
+def upgrade_request(path: str = "/ws/status/") -> bytes:
+    """A browser's WebSocket upgrade, with a session cookie."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nCookie: sessionid=abc\r\n\r\n"
+    ).encode()
+
+
+@contextlib.contextmanager
+def on_loopback(factory):
+    """A protocol of `factory` on a real loopback TCP connection (the reactor never runs): its
+    transport, and the client's end of the socket; autobahn's timers are cancelled after."""
     from twisted.internet import reactor, tcp
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -182,15 +191,26 @@ def websocket_transport(server):
     listener.close()
     accepted.setblocking(False)
     before = set(reactor.getDelayedCalls())
-    protocol = WebSocketFactory(server, server="Daphne").buildProtocol(address)
-    transport = tcp.Server(accepted, protocol, address, None, 1, reactor)
-    protocol.makeConnection(transport)
-    yield transport, client
-    for call in set(reactor.getDelayedCalls()) - before:  # autobahn's handshake timeout
-        call.cancel()
-    transport.stopWriting()
-    accepted.close()
-    client.close()
+    transport = tcp.Server(accepted, factory.buildProtocol(address), address, None, 1, reactor)
+    try:
+        transport.protocol.makeConnection(transport)  # (no other reference to the protocol kept)
+        yield transport, client
+    finally:
+        for call in set(reactor.getDelayedCalls()) - before:  # autobahn's timeouts
+            call.cancel()
+        transport.stopReading()
+        transport.stopWriting()
+        accepted.close()
+        client.close()
+
+
+@pytest.fixture
+def websocket_transport(server):
+    """Daphne's WebSocket protocol on a real loopback TCP connection."""
+    from daphne.ws_protocol import WebSocketFactory
+
+    with on_loopback(WebSocketFactory(server, server="Daphne")) as connection:
+        yield connection
 
 
 def test_a_websocket_write_is_sent_at_once_in_order_with_what_waits(websocket_transport):
@@ -227,11 +247,7 @@ async def test_an_open_websocket_keeps_no_copy_of_its_handshake(server, websocke
     transport, client = websocket_transport
     protocol = transport.protocol
     protocol._raw_query_string = b"next=1"  # Daphne's HTTP side sets it when it hands over
-    protocol.dataReceived(
-        b"GET /ws/status/?next=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\nCookie: sessionid=abc\r\n\r\n"
-    )
+    protocol.dataReceived(upgrade_request("/ws/status/?next=1"))
     assert protocol.http_headers["cookie"] == "sessionid=abc"  # until the application accepts
     protocol.serverAccept()
     assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
@@ -266,26 +282,12 @@ async def test_the_http_request_that_became_a_websocket_is_let_go(server):
 
     from daphne.http_protocol import HTTPFactory
     from daphne.ws_protocol import WebSocketFactory
-    from twisted.internet import reactor, tcp
 
     server.http_factory, server.ws_factory = HTTPFactory(server), WebSocketFactory(server)
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname(), timeout=2)
-    accepted, address = listener.accept()
-    listener.close()
-    accepted.setblocking(False)
-    before = set(reactor.getDelayedCalls())
-    http_protocol = server.http_factory.buildProtocol(address)
-    transport = tcp.Server(accepted, http_protocol, address, None, 1, reactor)
-    try:
-        http_protocol.makeConnection(transport)
-        channel = transport.producer
+    with on_loopback(server.http_factory) as (transport, client):
+        http_protocol, channel = transport.protocol, transport.producer
         assert type(channel).__name__ == "HTTPChannel"
-        http_protocol.dataReceived(
-            b"GET /ws/status/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\nCookie: sessionid=abc\r\n\r\n"
-        )
+        http_protocol.dataReceived(upgrade_request())
         websocket = transport.protocol
         assert type(websocket).__name__ == "WebSocketProtocol"
         assert transport.producer is None
@@ -300,10 +302,3 @@ async def test_the_http_request_that_became_a_websocket_is_let_go(server):
         assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
         websocket.sendMessage(b"hi")
         assert client.recv(100) == b"\x81\x02hi"
-    finally:
-        for call in set(reactor.getDelayedCalls()) - before:
-            call.cancel()
-        transport.stopReading()
-        transport.stopWriting()
-        accepted.close()
-        client.close()
