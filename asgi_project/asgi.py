@@ -3,7 +3,7 @@ stack (Channels' pieces, checking the login in the same trip, in one coroutine) 
 
 import os
 
-from django.core.asgi import get_asgi_application
+from asgi_project.http import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "asgi_project.settings")
 

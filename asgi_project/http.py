@@ -1,0 +1,72 @@
+"""Django's ASGI handler, with each request's sync work in one trip to a thread that is kept.
+
+- Django's own handler runs the middleware in async mode as far in as each one allows. Here
+  `LiveLoginMiddleware` and WhiteNoise's are sync-only, and every `MiddlewareMixin` middleware in
+  async mode runs its `process_request` and `process_response` through `sync_to_async`: a logout
+  request went from the event loop to its thread and back about ten times. Run in sync mode, as
+  under WSGI, the whole chain and the view take one trip; the request's other two (the
+  `request_started` signal, closing the response) are Django's own.
+- Django gives every request a thread of its own (`ThreadSensitiveContext`): a new thread at the
+  request's first sync call, and another to join it at the end, both started from the event loop.
+  Here a request borrows an idle single-thread executor (asgiref's
+  `ThreadSensitiveContext(executor=...)`) and gives it back at its end: still one request per
+  thread at a time, with the threads kept from one request to the next.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import django
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+
+# Idle request threads kept for the next requests; a burst starts more, and ends those over this.
+IDLE_REQUEST_THREADS = 8
+
+
+class RequestThreads:
+    """Single-thread executors, one per request in progress, kept while idle."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.idle: list[ThreadPoolExecutor] = []
+
+    def take(self) -> ThreadPoolExecutor:
+        if self.idle:
+            return self.idle.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-request")
+
+    def give_back(self, executor: ThreadPoolExecutor) -> None:
+        """Its request has ended, and so has its work on the thread: asgiref's `sync_to_async`
+        waits for the thread even when the request is cancelled (its client gone)."""
+        if len(self.idle) < self.keep:
+            self.idle.append(executor)
+        else:
+            executor.shutdown(wait=False)
+
+
+class OneHopASGIHandler(ASGIHandler):
+    threads = RequestThreads(IDLE_REQUEST_THREADS)
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":  # as Django's
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        executor = self.threads.take()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            self.threads.give_back(executor)
+
+    async def get_response_async(self, request):
+        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
+def get_asgi_application() -> OneHopASGIHandler:
+    """`django.core.asgi.get_asgi_application`, with this handler."""
+    django.setup(set_prefix=False)
+    return OneHopASGIHandler()

@@ -1,0 +1,100 @@
+"""The HTTP handler (asgi_project/http.py): the middleware chain and the view in one trip to a
+thread, threads kept between requests, and requests still in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import AsyncToSync
+from channels.testing import HttpCommunicator
+from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_started
+from django.http import HttpResponse
+from django.urls import path
+
+from asgi_project.http import OneHopASGIHandler
+
+HOST = [(b"host", b"testserver")]
+_gates: dict[str, threading.Event] = {}
+
+
+def _thread_name(request):
+    return HttpResponse(threading.current_thread().name)
+
+
+def _meet(request, mine: str, other: str):
+    """Say this request has started, then wait (up to 5 s) for the other one to have started."""
+    _gates[mine].set()
+    met = _gates[other].wait(5)
+    return HttpResponse("met" if met else "alone")
+
+
+urlpatterns = [path("thread/", _thread_name), path("meet/<str:mine>/<str:other>/", _meet)]
+
+
+@pytest.fixture
+def test_urls(settings):
+    settings.ROOT_URLCONF = __name__
+
+
+async def _get(handler, url: str) -> dict:
+    response = await HttpCommunicator(handler, "GET", url, headers=HOST).get_response(timeout=10)
+    assert response["status"] == 200, response
+    return response
+
+
+@pytest.fixture
+def async_to_sync_calls(monkeypatch):
+    """How often sync code called back into the event loop (a count; asgiref still does it)."""
+    calls = []
+    real_call = AsyncToSync.__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls.append(self)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncToSync, "__call__", counting_call)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("handler_class", "one_trip"), [(OneHopASGIHandler, True), (ASGIHandler, False)]
+)
+async def test_the_middleware_and_the_view_run_in_one_trip(
+    test_urls, async_to_sync_calls, handler_class, one_trip
+):
+    """Django's handler came back to the loop from the middleware (LiveLoginMiddleware is
+    sync-only, the middleware inside it ran in async mode) and went out again for the view; here
+    nothing in the chain calls back into the loop. Django's handler is the check that the count
+    sees those trips."""
+    await _get(handler_class(), "/thread/")
+    assert (len(async_to_sync_calls) == 0) is one_trip
+
+
+async def test_requests_keep_their_threads(test_urls):
+    """One request runs on one thread (signals, middleware, view), and the next request gets the
+    same thread back; Django started a new one per request, and another to join it."""
+    seen: list[threading.Thread] = []
+
+    def record(**kwargs):
+        seen.append(threading.current_thread())
+
+    request_started.connect(record)
+    try:
+        handler = OneHopASGIHandler()
+        names = [(await _get(handler, "/thread/"))["body"].decode() for _ in range(5)]
+    finally:
+        request_started.disconnect(record)
+    assert len(set(seen)) == 1 and seen[0] is not threading.main_thread()
+    assert set(names) == {seen[0].name}
+
+
+async def test_requests_in_progress_run_on_threads_of_their_own(test_urls):
+    """Each request waits for the other to start: on one shared thread, neither would."""
+    _gates.update(a=threading.Event(), b=threading.Event())
+    handler = OneHopASGIHandler()
+    first, second = await asyncio.gather(_get(handler, "/meet/a/b/"), _get(handler, "/meet/b/a/"))
+    assert first["body"] == second["body"] == b"met"
+    assert len(handler.threads.idle) >= 2
