@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
+from redis.asyncio.connection import AbstractConnection
 
 from accounts.logins import end_user_logins
 from asgi_project.asgi import application
@@ -140,6 +141,68 @@ async def test_every_socket_in_a_batch_hears_that_redis_is_down(private_layer, p
         return_exceptions=True,
     )
     assert all(isinstance(result, REDIS_DOWN) for result in results), results
+
+
+@pytest.fixture
+def redis_sends(monkeypatch) -> list[bytes]:
+    """Every write redis-py makes to Redis (a command, or a whole pipeline): its round trips."""
+    sends = []
+    real_send = AbstractConnection.send_packed_command
+
+    async def counting_send(self, command, *args, **kwargs):
+        sends.append(command)
+        return await real_send(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    return sends
+
+
+async def test_a_group_message_takes_two_round_trips_to_send_and_one_to_receive(
+    private_layer, redis_sends
+):
+    """channels-redis took four to send (expired members, members, expired messages, the
+    script's text) and four per message received (back up, restore, pop, delete the backup)."""
+    channels = [await private_layer.new_channel() for _ in range(3)]
+    for channel in channels:
+        await add_to_groups(private_layer, ["test.trips"], channel)
+
+    async def send_and_receive(message: dict) -> list[dict]:
+        receives = [asyncio.create_task(private_layer.receive(c)) for c in channels]
+        await asyncio.sleep(0.1)  # the process's reader waits in BZPOPMIN
+        await private_layer.group_send("test.trips", message)
+        received = await asyncio.wait_for(asyncio.gather(*receives), 5)
+        await asyncio.sleep(0.1)  # the reader waits again
+        return received
+
+    assert await send_and_receive({"type": "first"}) == [{"type": "first"}] * 3  # loads the script
+    redis_sends.clear()
+    assert await send_and_receive({"type": "second"}) == [{"type": "second"}] * 3
+    assert len(redis_sends) == 3, redis_sends  # a pipeline, the script by SHA, the next BZPOPMIN
+
+
+async def test_a_group_message_skips_a_full_channel_and_drops_expired_messages(
+    settings, private_redis
+):
+    """channels-redis's rules, kept in the one script: a process channel holding `capacity`
+    messages gets no more (its reader has stopped), and messages past `expiry` go first."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": LIVE_LAYER,
+            "CONFIG": {"hosts": [{"address": private_redis.url}], "capacity": 2, "expiry": 60},
+        }
+    }
+    layer = get_channel_layer()
+    channel = await layer.new_channel()  # no receive: nobody reads the process's channel
+    await add_to_groups(layer, ["test.full"], channel)
+    key = layer.prefix + layer.non_local_name(channel)
+    redis = private_redis.client()
+    redis.zadd(key, {b"expired": 1.0})  # sent in 1970
+    for n in range(4):
+        await layer.group_send("test.full", {"type": "test", "n": n})
+    held = [layer.deserialize(m) for m in redis.zrange(key, 0, -1) if m != b"expired"]
+    assert b"expired" not in redis.zrange(key, 0, -1)
+    assert [m["n"] for m in held] == [0, 1]  # the first two; the channel was full after them
+    assert 0 < redis.ttl(key) <= 60
 
 
 class InputQueue(ChannelQueue):
