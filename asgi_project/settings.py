@@ -179,7 +179,8 @@ LIVE_MAX_SOCKETS_PER_USER = env_int("LIVE_MAX_SOCKETS_PER_USER", default=500, mi
 # usernames exist. Behind a proxy, Daphne's --proxy-headers makes the client address the real one.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, reading the user with the login check (accounts/backends.py).
+    "accounts.backends.LoginModelBackend",
 ]
 AXES_FAILURE_LIMIT = 20
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]

@@ -47,6 +47,7 @@ from django.http import parse_cookie
 from django.utils.crypto import constant_time_compare
 
 from accounts import logins
+from accounts.backends import LoginModelBackend
 from realtime.groups import LOGIN_ID_SESSION_KEY
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ def _joinable_backend(backend_path: str | None) -> ModelBackend | None:
     if backend_path not in settings.AUTHENTICATION_BACKENDS:
         return None
     backend = load_backend(backend_path)
-    return backend if type(backend).get_user is ModelBackend.get_user else None
+    # LoginModelBackend's `get_user` is ModelBackend's outside a request (accounts/backends.py).
+    joinable = (ModelBackend.get_user, LoginModelBackend.get_user)
+    return backend if type(backend).get_user in joinable else None
 
 
 def _user_fields() -> list[str]:
