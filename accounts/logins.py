@@ -7,6 +7,7 @@ why. Requests and sockets that carry an ended login's cookie are treated as anon
 
 from __future__ import annotations
 
+import functools
 from importlib import import_module
 
 from django.conf import settings
@@ -15,7 +16,7 @@ from django.contrib.sessions.backends import cache as cache_engine
 from django.contrib.sessions.backends import cached_db as cached_db_engine
 from django.contrib.sessions.backends import db as db_engine
 from django.core.cache import caches
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -87,15 +88,59 @@ def active_login_and_user(login_id: object, user_id: object) -> Login | None:
 
 
 def active_login_with_user(login_id: object, user_id: object, user_fields: list[str]):
-    """`active_login`, with the login's user in the same query (only `user_fields` of it).
+    """`active_login`, with the login's user in the same query (only `user_fields` of it, which
+    must need no conversion from the database but `to_python`: no dates).
 
     For socket connects, which would otherwise make two queries (the user, then the login) and
-    turn four timestamps into `datetime`s where one is needed.
+    turn four timestamps into `datetime`s where one is needed. The SQL is written once per
+    database and field list (`_joined_sql`) and run with `raw()`, which converts the login's
+    columns as the ORM does: building the same query with the ORM each time took 0.6 ms of a
+    connect's 2 ms (the round trip to PostgreSQL included, it was 1.1 ms against 0.5).
     """
-    return _first(
-        _active(login_id, user_id)
-        .select_related("user")
-        .only("id", "user_id", "expires_at", *(f"user__{name}" for name in user_fields))
+    if not is_valid_id(login_id):
+        return None
+    user_model = get_user_model()
+    alias = router.db_for_read(Login)
+    connection = connections[alias]
+    params = [
+        login_id,
+        user_model._meta.pk.get_db_prep_value(user_id, connection),
+        Login._meta.get_field("expires_at").get_db_prep_value(timezone.now(), connection),
+    ]
+    sql = _joined_sql(alias, tuple(user_fields))
+    login = next(iter(Login.objects.using(alias).raw(sql, params)), None)
+    if login is not None:
+        # `from_db` takes the values in the model's field order
+        fields = [f for f in user_model._meta.concrete_fields if f.name in user_fields]
+        values = [field.to_python(getattr(login, _USER_COLUMN + field.attname)) for field in fields]
+        login.user = user_model.from_db(alias, [field.attname for field in fields], values)
+    return login
+
+
+_USER_COLUMN = "joined_user__"  # the user's columns, by attribute name, on the raw `Login`
+
+
+@functools.cache
+def _joined_sql(alias: str, user_fields: tuple[str, ...]) -> str:
+    """`_active(...).select_related("user")` for `active_login_with_user`, as SQL."""
+    quote = connections[alias].ops.quote_name
+    user_meta = get_user_model()._meta
+
+    def column(meta, name: str, alias: str = "") -> str:
+        field = meta.get_field(name)
+        sql = f"{quote(meta.db_table)}.{quote(field.column)}"
+        return f"{sql} AS {quote(alias + field.attname)}" if alias else sql
+
+    login_meta = Login._meta
+    selected = [column(login_meta, name) for name in ("id", "user", "expires_at")]
+    selected += [column(user_meta, name, _USER_COLUMN) for name in user_fields]
+    return (
+        f"SELECT {', '.join(selected)} FROM {quote(login_meta.db_table)}"
+        f" INNER JOIN {quote(user_meta.db_table)}"
+        f" ON ({column(login_meta, 'user')} = {column(user_meta, user_meta.pk.name)})"
+        f" WHERE {column(login_meta, 'id')} = %s AND {column(login_meta, 'user')} = %s"
+        f" AND {column(login_meta, 'ended_at')} IS NULL AND {column(login_meta, 'expires_at')} > %s"
+        " LIMIT 1"
     )
 
 
