@@ -81,67 +81,97 @@ def active_login(login_id: object, user_id: object) -> Login | None:
 def active_login_and_user(login_id: object, user_id: object) -> Login | None:
     """`active_login`, with the login's whole user in the same query (for requests, whose views
     may read any field of `request.user`; accounts/backends.py)."""
-    user_fields = [f"user__{field.name}" for field in get_user_model()._meta.concrete_fields]
-    return _first(
-        _active(login_id, user_id).select_related("user").only(*_CHECKED_FIELDS, *user_fields)
-    )
+    user_fields = tuple(field.name for field in get_user_model()._meta.concrete_fields)
+    return _active_joined(login_id, user_id, _CHECKED_FIELDS, user_fields)
 
 
 def active_login_with_user(login_id: object, user_id: object, user_fields: list[str]):
-    """`active_login`, with the login's user in the same query (only `user_fields` of it, which
-    must need no conversion from the database but `to_python`: no dates).
+    """`active_login`, with the login's user in the same query (only `user_fields` of it).
 
     For socket connects, which would otherwise make two queries (the user, then the login) and
-    turn four timestamps into `datetime`s where one is needed. The SQL is written once per
-    database and field list (`_joined_sql`) and run with `raw()`, which converts the login's
-    columns as the ORM does: building the same query with the ORM each time took 0.6 ms of a
-    connect's 2 ms (the round trip to PostgreSQL included, it was 1.1 ms against 0.5).
+    turn four timestamps into `datetime`s where one is needed.
     """
+    return _active_joined(login_id, user_id, ("id", "user_id", "expires_at"), tuple(user_fields))
+
+
+def _active_joined(login_id, user_id, login_fields, user_fields) -> Login | None:
+    """`_active(...).select_related("user").only(...)`, as SQL written once per database and
+    field lists (`_JoinedQuery`). The ORM built and compiled that query again for every call:
+    1.1 ms per connect in one process on PostgreSQL, against 0.5 ms for the same SQL run with
+    `raw()` (docs/performance.md)."""
     if not is_valid_id(login_id):
         return None
-    user_model = get_user_model()
     alias = router.db_for_read(Login)
-    connection = connections[alias]
-    params = [
-        login_id,
-        user_model._meta.pk.get_db_prep_value(user_id, connection),
-        Login._meta.get_field("expires_at").get_db_prep_value(timezone.now(), connection),
-    ]
-    sql = _joined_sql(alias, tuple(user_fields))
-    login = next(iter(Login.objects.using(alias).raw(sql, params)), None)
-    if login is not None:
-        # `from_db` takes the values in the model's field order
-        fields = [f for f in user_model._meta.concrete_fields if f.name in user_fields]
-        values = [field.to_python(getattr(login, _USER_COLUMN + field.attname)) for field in fields]
-        login.user = user_model.from_db(alias, [field.attname for field in fields], values)
-    return login
+    return _JoinedQuery.get(alias, login_fields, user_fields).run(login_id, user_id)
 
 
-_USER_COLUMN = "joined_user__"  # the user's columns, by attribute name, on the raw `Login`
+class _JoinedQuery:
+    """One login and its user from one `SELECT`, with the values converted from the database as
+    the ORM converts them (each column's converters: the backend's, then the field's
+    `from_db_value`) and the models made with `from_db`."""
+
+    @classmethod
+    @functools.cache
+    def get(cls, alias: str, login_fields: tuple, user_fields: tuple) -> _JoinedQuery:
+        return cls(alias, login_fields, user_fields)
+
+    def __init__(self, alias: str, login_fields: tuple, user_fields: tuple) -> None:
+        self.alias = alias
+        connection = connections[alias]
+        self.user_model = get_user_model()
+        login_meta, user_meta = Login._meta, self.user_model._meta
+        # In each model's field order: `from_db` takes its values in that order.
+        self.login_fields = _in_model_order(login_meta, login_fields)
+        self.user_fields = _in_model_order(user_meta, user_fields)
+        quote = connection.ops.quote_name
+
+        def column(field) -> str:
+            return f"{quote(field.model._meta.db_table)}.{quote(field.column)}"
+
+        self.converters = []
+        for field in self.login_fields + self.user_fields:
+            col = field.get_col(field.model._meta.db_table)
+            self.converters.append(
+                (col, connection.ops.get_db_converters(col) + col.get_db_converters(connection))
+            )
+        login = {name: column(login_meta.get_field(name)) for name in ("id", "user", "ended_at")}
+        expires_at = column(login_meta.get_field("expires_at"))
+        self.sql = (
+            f"SELECT {', '.join(column(f) for f in self.login_fields + self.user_fields)}"
+            f" FROM {quote(login_meta.db_table)} INNER JOIN {quote(user_meta.db_table)}"
+            f" ON ({login['user']} = {column(user_meta.pk)})"
+            f" WHERE {login['id']} = %s AND {login['user']} = %s AND {login['ended_at']} IS NULL"
+            f" AND {expires_at} > %s LIMIT 1"
+        )
+
+    def run(self, login_id: str, user_id: object) -> Login | None:
+        connection = connections[self.alias]
+        params = [
+            login_id,
+            self.user_model._meta.pk.get_db_prep_value(user_id, connection),
+            Login._meta.get_field("expires_at").get_db_prep_value(timezone.now(), connection),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        values = []
+        for value, (col, converters) in zip(row, self.converters, strict=True):
+            for convert in converters:
+                value = convert(value, col, connection)
+            values.append(value)
+        split = len(self.login_fields)
+        login = Login.from_db(self.alias, [f.attname for f in self.login_fields], values[:split])
+        login.user = self.user_model.from_db(
+            self.alias, [f.attname for f in self.user_fields], values[split:]
+        )
+        return login
 
 
-@functools.cache
-def _joined_sql(alias: str, user_fields: tuple[str, ...]) -> str:
-    """`_active(...).select_related("user")` for `active_login_with_user`, as SQL."""
-    quote = connections[alias].ops.quote_name
-    user_meta = get_user_model()._meta
-
-    def column(meta, name: str, alias: str = "") -> str:
-        field = meta.get_field(name)
-        sql = f"{quote(meta.db_table)}.{quote(field.column)}"
-        return f"{sql} AS {quote(alias + field.attname)}" if alias else sql
-
-    login_meta = Login._meta
-    selected = [column(login_meta, name) for name in ("id", "user", "expires_at")]
-    selected += [column(user_meta, name, _USER_COLUMN) for name in user_fields]
-    return (
-        f"SELECT {', '.join(selected)} FROM {quote(login_meta.db_table)}"
-        f" INNER JOIN {quote(user_meta.db_table)}"
-        f" ON ({column(login_meta, 'user')} = {column(user_meta, user_meta.pk.name)})"
-        f" WHERE {column(login_meta, 'id')} = %s AND {column(login_meta, 'user')} = %s"
-        f" AND {column(login_meta, 'ended_at')} IS NULL AND {column(login_meta, 'expires_at')} > %s"
-        " LIMIT 1"
-    )
+def _in_model_order(meta, names: tuple) -> list:
+    wanted = {meta.get_field(name) for name in names}
+    return [field for field in meta.concrete_fields if field in wanted]
 
 
 def _first(logins: QuerySet[Login]) -> Login | None:

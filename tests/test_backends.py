@@ -37,7 +37,11 @@ def test_a_request_reads_its_user_and_login_in_one_query(alice):
     assert len(queries) == 1, queries  # was two: Django's user, then the login check
     assert USER_TABLE in queries[0] and LOGIN_TABLE in queries[0]
     assert response.context["user"] == alice
-    assert not response.context["user"].get_deferred_fields()  # the whole user
+    user = response.context["user"]
+    assert not user.get_deferred_fields()  # the whole user
+    # Converted from the database as the ORM does (SQLite keeps dates as text).
+    assert user.date_joined == alice.date_joined and user.date_joined.tzinfo is not None
+    assert user.is_active is True
 
 
 def test_a_changed_password_hash_still_logs_the_session_out(alice):
