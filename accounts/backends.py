@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 
 BACKEND_PATH = "accounts.backends.LoginModelBackend"
-# What sessions made before this backend name; read as this backend (accounts.middleware).
+# What sessions made before this backend name (`current_path`).
 MODEL_BACKEND_PATH = "django.contrib.auth.backends.ModelBackend"
 
 _user_read: ContextVar = ContextVar("user_read_with_the_login", default=None)
@@ -30,6 +31,15 @@ class LoginModelBackend(ModelBackend):
         if user is None or user.pk != user_id:
             return super().get_user(user_id)
         return user if self.user_can_authenticate(user) else None
+
+
+def current_path(backend_path: str | None) -> str | None:
+    """The backend a session's backend path stands for now. Sessions made before this backend
+    replaced `ModelBackend` (which it extends) name `ModelBackend`, no longer listed: Django would
+    make them anonymous. Requests carry them over (accounts.middleware), sockets read them so."""
+    enabled = settings.AUTHENTICATION_BACKENDS
+    replaced = backend_path == MODEL_BACKEND_PATH and backend_path not in enabled
+    return BACKEND_PATH if replaced and BACKEND_PATH in enabled else backend_path
 
 
 @contextmanager

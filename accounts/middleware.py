@@ -84,13 +84,11 @@ class LiveLoginMiddleware:
     def _read_login_with_user(self, session, login_id) -> tuple[bool, Login | None]:
         """(True, the active login with its user) or (True, None) when it is not active, for a
         session whose backend is `LoginModelBackend`; (False, None) when nothing was read."""
-        enabled = settings.AUTHENTICATION_BACKENDS
-        backend = session.get(BACKEND_SESSION_KEY)
-        if backend == backends.MODEL_BACKEND_PATH and backend not in enabled:
-            # Logged in before `LoginModelBackend` replaced `ModelBackend`, which it extends.
-            if backends.BACKEND_PATH in enabled:
-                session[BACKEND_SESSION_KEY] = backend = backends.BACKEND_PATH
-        if backend != backends.BACKEND_PATH or backend not in enabled or not is_valid_id(login_id):
+        backend = backends.current_path(session.get(BACKEND_SESSION_KEY))
+        if backend != session.get(BACKEND_SESSION_KEY):
+            session[BACKEND_SESSION_KEY] = backend  # carried over for good
+        enabled = backend in settings.AUTHENTICATION_BACKENDS
+        if backend != backends.BACKEND_PATH or not enabled or not is_valid_id(login_id):
             return False, None
         try:
             user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])

@@ -46,7 +46,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import parse_cookie
 from django.utils.crypto import constant_time_compare
 
-from accounts import logins
+from accounts import backends, logins
 from accounts.backends import LoginModelBackend
 from realtime.groups import LOGIN_ID_SESSION_KEY
 
@@ -67,7 +67,7 @@ def _on_connect_threads(func):
 @_on_connect_threads
 def _resolve(scope):
     session = scope["session"]
-    backend = _joinable_backend(session.get(BACKEND_SESSION_KEY))
+    backend = _joinable_backend(backends.current_path(session.get(BACKEND_SESSION_KEY)))
     if backend is not None:
         return _resolve_joined(session, backend)
     user = get_user.func(scope)  # Channels' own, undecorated: on a database thread already

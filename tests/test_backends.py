@@ -10,6 +10,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from accounts.backends import BACKEND_PATH, MODEL_BACKEND_PATH
+from accounts.logins import session_store_class
+from realtime.auth import _resolve
 
 pytestmark = pytest.mark.django_db
 
@@ -81,6 +83,16 @@ def test_a_session_from_before_this_backend_is_read_as_its_own(alice):
     assert response.context["user"] == alice
     assert len(queries) == 1
     assert client.session[BACKEND_SESSION_KEY] == BACKEND_PATH
+
+
+def test_a_socket_whose_session_is_from_before_this_backend_is_authenticated(alice):
+    """A tab open across the upgrade reconnects before any request has carried its session over."""
+    client = logged_in(alice)
+    session = client.session
+    session[BACKEND_SESSION_KEY] = MODEL_BACKEND_PATH
+    session.save()
+    user, login = _resolve.func({"session": session_store_class()(session.session_key)})
+    assert user == alice and login is not None
 
 
 def test_an_ended_login_is_anonymous_and_its_session_flushed(alice):
