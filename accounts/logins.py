@@ -78,31 +78,24 @@ def active_login(login_id: object, user_id: object) -> Login | None:
     return _first(_active(login_id, user_id).only(*_CHECKED_FIELDS))
 
 
-def active_login_and_user(login_id: object, user_id: object) -> Login | None:
-    """`active_login`, with the login's whole user in the same query (for requests, whose views
-    may read any field of `request.user`; accounts/backends.py)."""
-    user_fields = tuple(field.name for field in get_user_model()._meta.concrete_fields)
-    return _active_joined(login_id, user_id, _CHECKED_FIELDS, user_fields)
+def active_login_with_user(
+    login_id: object, user_id: object, user_fields: list[str] | None = None
+) -> Login | None:
+    """`active_login`, with the login's user in the same query: for a connect, `user_fields` of
+    it; for a request, all of it (views may read any field of `request.user`; accounts/backends.py).
 
-
-def active_login_with_user(login_id: object, user_id: object, user_fields: list[str]):
-    """`active_login`, with the login's user in the same query (only `user_fields` of it).
-
-    For socket connects, which would otherwise make two queries (the user, then the login) and
-    turn four timestamps into `datetime`s where one is needed.
-    """
-    return _active_joined(login_id, user_id, ("id", "user_id", "expires_at"), tuple(user_fields))
-
-
-def _active_joined(login_id, user_id, login_fields, user_fields) -> Login | None:
-    """`_active(...).select_related("user").only(...)`, as SQL written once per database and
-    field lists (`_JoinedQuery`). The ORM built and compiled that query again for every call:
-    1.1 ms per connect in one process on PostgreSQL, against 0.5 ms for the same SQL run with
-    `raw()` (docs/performance.md)."""
+    The SQL is written once per database and field lists (`_JoinedQuery`): the ORM built and
+    compiled that query again for every call, 1.1 ms per connect in one process on PostgreSQL
+    against 0.3 ms from a cursor (docs/performance.md)."""
     if not is_valid_id(login_id):
         return None
-    alias = router.db_for_read(Login)
-    return _JoinedQuery.get(alias, login_fields, user_fields).run(login_id, user_id)
+    if user_fields is None:  # a request's check: the fields `_sync_login` reads, the whole user
+        user_meta = get_user_model()._meta
+        login_fields, user_fields = _CHECKED_FIELDS, [f.name for f in user_meta.concrete_fields]
+    else:  # a connect: one timestamp of the login, not three
+        login_fields = ("id", "user_id", "expires_at")
+    query = _JoinedQuery.get(router.db_for_read(Login), login_fields, tuple(user_fields))
+    return query.run(login_id, user_id)
 
 
 class _JoinedQuery:
@@ -128,6 +121,9 @@ class _JoinedQuery:
         def column(field) -> str:
             return f"{quote(field.model._meta.db_table)}.{quote(field.column)}"
 
+        self.login_names = [field.attname for field in self.login_fields]
+        self.user_names = [field.attname for field in self.user_fields]
+        self.expires_at = login_meta.get_field("expires_at")
         self.converters = []
         for field in self.login_fields + self.user_fields:
             col = field.get_col(field.model._meta.db_table)
@@ -149,7 +145,7 @@ class _JoinedQuery:
         params = [
             login_id,
             self.user_model._meta.pk.get_db_prep_value(user_id, connection),
-            Login._meta.get_field("expires_at").get_db_prep_value(timezone.now(), connection),
+            self.expires_at.get_db_prep_value(timezone.now(), connection),
         ]
         with connection.cursor() as cursor:
             cursor.execute(self.sql, params)
@@ -162,10 +158,8 @@ class _JoinedQuery:
                 value = convert(value, col, connection)
             values.append(value)
         split = len(self.login_fields)
-        login = Login.from_db(self.alias, [f.attname for f in self.login_fields], values[:split])
-        login.user = self.user_model.from_db(
-            self.alias, [f.attname for f in self.user_fields], values[split:]
-        )
+        login = Login.from_db(self.alias, self.login_names, values[:split])
+        login.user = self.user_model.from_db(self.alias, self.user_names, values[split:])
         return login
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts import backends, logins
@@ -60,7 +58,7 @@ class LiveLoginMiddleware:
         request.live_login = None
         request.live_previous_login_id = None
         login_id = request.session.get(LOGIN_ID_SESSION_KEY)
-        read, login = self._read_login_with_user(request.session, login_id)
+        read, login = backends.read_login_with_user(request.session)
         # Django's `get_user` decides who the user is, with the user read above if there is one
         # (accounts/backends.py): one query for both where there were two.
         with backends.user_already_read(login.user if login is not None else None):
@@ -80,21 +78,6 @@ class LiveLoginMiddleware:
             request.user = AnonymousUser()
             return
         request.live_login = login
-
-    def _read_login_with_user(self, session, login_id) -> tuple[bool, Login | None]:
-        """(True, the active login with its user) or (True, None) when it is not active, for a
-        session whose backend is `LoginModelBackend`; (False, None) when nothing was read."""
-        backend = backends.current_path(session.get(BACKEND_SESSION_KEY))
-        if backend != session.get(BACKEND_SESSION_KEY):
-            session[BACKEND_SESSION_KEY] = backend  # carried over for good
-        enabled = backend in settings.AUTHENTICATION_BACKENDS
-        if backend != backends.BACKEND_PATH or not enabled or not is_valid_id(login_id):
-            return False, None
-        try:
-            user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-        except (KeyError, ValidationError):  # left to Django's `get_user`
-            return False, None
-        return True, logins.active_login_and_user(login_id, user_id)
 
     def _sync_login(self, request) -> None:
         """After the view: record a new login's final state, or follow the session's changes."""

@@ -8,12 +8,13 @@ connect. This subclass makes both lookups in the first trip and leaves the row i
 `scope["live_login"]`. When the login has ended (or the session names none), the socket is
 anonymous: `scope["user"]` is `AnonymousUser` and `scope["live_login"]` is None, as for requests.
 
-When the session was authenticated by Django's `ModelBackend` (or a subclass that keeps its
-`get_user`), user and login come from one joined query that reads only the user's fields needed
-here, with the same checks as Channels' `get_user` (the backend's `user_can_authenticate`, then
-the session's auth hash, flushing the session on a mismatch). A profile of connects had put 40% of
-a handshake in two queries, a third of that in turning timestamps into `datetime`s. Any other
-backend goes through Channels' `get_user` and a second query.
+When the session was authenticated by `accounts.backends.LoginModelBackend` (Django's
+`ModelBackend`, the project's backend), user and login come from one joined query that reads only
+the user's fields needed here (`accounts.backends.read_login_with_user`), and Channels' `get_user`
+decides with that user, as requests do with Django's: the backend's `user_can_authenticate`, the
+session's auth hash, the flush on a mismatch. A profile of connects had put 40% of a handshake in
+two queries, a third of that in turning timestamps into `datetime`s. Any other backend goes
+through Channels' `get_user` and a second query.
 
 The lookups run on a few threads of their own (`CONNECT_THREADS`), not on Channels' single
 database thread: most of a lookup is waiting for the session store and the database, and on one
@@ -35,19 +36,12 @@ from channels.db import DatabaseSyncToAsync
 from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import (
-    BACKEND_SESSION_KEY,
-    HASH_SESSION_KEY,
-    SESSION_KEY,
     get_user_model,
-    load_backend,
 )
-from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import AnonymousUser
 from django.http import parse_cookie
-from django.utils.crypto import constant_time_compare
 
 from accounts import backends, logins
-from accounts.backends import LoginModelBackend
 from realtime.groups import LOGIN_ID_SESSION_KEY
 
 logger = logging.getLogger(__name__)
@@ -67,24 +61,14 @@ def _on_connect_threads(func):
 @_on_connect_threads
 def _resolve(scope):
     session = scope["session"]
-    backend = _joinable_backend(backends.current_path(session.get(BACKEND_SESSION_KEY)))
-    if backend is not None:
-        return _resolve_joined(session, backend)
-    user = get_user.func(scope)  # Channels' own, undecorated: on a database thread already
-    login = None
-    if user.is_authenticated:
+    read, login = backends.read_login_with_user(session, _user_fields())
+    with backends.user_already_read(login.user if login is not None else None):
+        user = get_user.func(scope)  # Channels' own, undecorated: on a database thread already
+    if not user.is_authenticated:
+        return AnonymousUser(), None
+    if not read:  # a backend other than LoginModelBackend: the login in a query of its own
         login = logins.active_login(session.get(LOGIN_ID_SESSION_KEY), user.pk)
     return (user, login) if login is not None else (AnonymousUser(), None)
-
-
-def _joinable_backend(backend_path: str | None) -> ModelBackend | None:
-    """The session's backend, if its users can be read in the login's query."""
-    if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    backend = load_backend(backend_path)
-    # LoginModelBackend's `get_user` is ModelBackend's outside a request (accounts/backends.py).
-    joinable = (ModelBackend.get_user, LoginModelBackend.get_user)
-    return backend if type(backend).get_user in joinable else None
 
 
 def _user_fields() -> list[str]:
@@ -94,25 +78,6 @@ def _user_fields() -> list[str]:
     names = {field.name for field in user_model._meta.concrete_fields}
     wanted = [user_model._meta.pk.name, user_model.USERNAME_FIELD, "password", "is_active"]
     return [name for name in wanted if name in names]
-
-
-def _resolve_joined(session, backend: ModelBackend):
-    anonymous = (AnonymousUser(), None)
-    try:
-        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-    except KeyError:
-        return anonymous
-    login = logins.active_login_with_user(
-        session.get(LOGIN_ID_SESSION_KEY), user_id, _user_fields()
-    )
-    if login is None or not backend.user_can_authenticate(login.user):
-        return anonymous
-    session_hash = session.get(HASH_SESSION_KEY)
-    expected = login.user.get_session_auth_hash()
-    if not (session_hash and constant_time_compare(session_hash, expected)):
-        session.flush()  # as Channels' get_user does
-        return anonymous
-    return login.user, login
 
 
 class LiveAuthMiddleware(AuthMiddleware):
