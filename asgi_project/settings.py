@@ -149,9 +149,9 @@ else:
 # --- Sessions and authentication ---------------------------------------------------------------
 
 SESSION_BACKENDS = {
-    "db": "django.contrib.sessions.backends.db",
+    "db": "accounts.session_engines.db",
     "cache": "django.contrib.sessions.backends.cache",
-    "cached_db": "django.contrib.sessions.backends.cached_db",
+    "cached_db": "accounts.session_engines.cached_db",
     "file": "django.contrib.sessions.backends.file",
     "signed_cookies": "django.contrib.sessions.backends.signed_cookies",
 }
