@@ -3,7 +3,11 @@ stack (Channels' pieces, checking the login in the same trip, in one coroutine) 
 
 import os
 
-from asgi_project.http import get_asgi_application
+from realtime.memory import limit_malloc_arenas
+
+limit_malloc_arenas()  # first, before anything starts a thread (realtime/memory.py)
+
+from asgi_project.http import get_asgi_application  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "asgi_project.settings")
 

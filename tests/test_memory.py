@@ -110,6 +110,49 @@ def test_the_asgi_application_tunes_the_collector():
     assert result.stdout.strip() == str(memory.GC_YOUNG_THRESHOLD), result.stderr
 
 
+HEAPS = """
+import ctypes, ctypes.util, sys, tempfile, threading
+if sys.argv[1] == "asgi":
+    import asgi_project.asgi
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(6)
+kept = []
+def allocate():  # six threads alive at once, each allocating as a request or connect thread does
+    kept.append([b"x" * (64 + i) for i in range(2000)])
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+with tempfile.NamedTemporaryFile() as info:
+    stream = libc.fopen(info.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(info.name).read().count("<heap nr="))
+"""
+
+
+def malloc_heaps(after: str) -> int:
+    """glibc's heaps in a process whose six threads have allocated, after importing `after`."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONMALLOC": "malloc"}
+    env.pop("MALLOC_ARENA_MAX", None)
+    result = subprocess.run(
+        [sys.executable, "-c", HEAPS, after], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def test_the_asgi_application_keeps_malloc_to_two_heaps():
+    assert malloc_heaps("nothing") > 2  # glibc's default: the main thread's, and one per thread
+    assert malloc_heaps("asgi") == memory.MALLOC_ARENAS == 2
+
+
 def test_every_socket_finds_the_cache_object_made_at_startup():
     """Each socket runs in a context of its own; Django would make each its own cache object."""
     code = (
