@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 import pytest
-from asgiref.sync import AsyncToSync
+from asgiref.sync import AsyncToSync, SyncToAsync
 from channels.testing import HttpCommunicator
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_started
@@ -98,3 +98,48 @@ async def test_requests_in_progress_run_on_threads_of_their_own(test_urls):
     first, second = await asyncio.gather(_get(handler, "/meet/a/b/"), _get(handler, "/meet/b/a/"))
     assert first["body"] == second["body"] == b"met"
     assert len(handler.threads.idle) >= 2
+
+
+@pytest.fixture
+def trips_to_threads(monkeypatch):
+    """The sync functions that were run through `sync_to_async`: each a trip to a thread."""
+    trips = []
+    real_call = SyncToAsync.__call__
+
+    async def counting_call(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", repr(self.func)))
+        return await real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counting_call)
+    return trips
+
+
+@pytest.fixture
+def started():
+    """(sender, path, thread) of each `request_started` signal."""
+    seen = []
+
+    def record(sender, scope, **kwargs):
+        seen.append((sender, scope["path"], threading.current_thread().name))
+
+    request_started.connect(record)
+    yield seen
+    request_started.disconnect(record)
+
+
+async def test_request_started_is_sent_in_the_trip_of_the_view(
+    test_urls, trips_to_threads, started
+):
+    """Two trips: the signal, the chain and the view; then closing the response. Django's handler
+    sent `request_started` in a trip of its own before them."""
+    communicator = HttpCommunicator(OneHopASGIHandler(), "GET", "/thread/", headers=HOST)
+    response = await communicator.get_response(timeout=10)
+    await communicator.wait(timeout=5)  # the handler has closed the response too
+    assert trips_to_threads == ["_start_and_respond", "close"]
+    assert started == [(OneHopASGIHandler, "/thread/", response["body"].decode())]
+
+
+async def test_other_handlers_still_send_request_started_themselves(test_urls, started):
+    OneHopASGIHandler()  # its handler is in place: it must leave every other sender alone
+    await _get(ASGIHandler(), "/thread/")
+    assert [(sender, path) for sender, path, _ in started] == [(ASGIHandler, "/thread/")]
