@@ -1,4 +1,4 @@
-"""Eight fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
+"""Nine fixes to Daphne 4.2 and the autobahn under it, applied when the app loads (other servers,
 uvicorn, need none).
 
 1. Close codes. Daphne closes a socket through autobahn's `sendClose`, which refuses every code
@@ -52,6 +52,13 @@ uvicorn, need none).
    connection once it is handed over. (As the producer it paused reading from a client whose
    socket had too much waiting to be written; a WebSocket's protocol never asked for that, and
    the channel layer's capacity bounds what waits for a socket.)
+9. The walk every two seconds. Daphne's `timeout_checker` calls every connection's
+   `check_timeouts` (its timeouts, and a ping when one is due) in one go every 2 s: 10-26 ms with
+   10,000 open sockets, plus about 0.1 ms for each ping due, during which nothing else runs. A
+   logout that came in then waited for it: the 10-tab session's worst samples in the benchmark.
+   Here each round's connections are checked in slices of `CHECK_SLICE`, spread evenly over the
+   2 s, so the loop is never held for more than one slice. Each connection is still checked once
+   a round, by Daphne's own `check_timeouts`; one that has gone before its slice is skipped.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ from functools import partial
 logger = logging.getLogger(__name__)
 
 SENDABLE = frozenset({1001, 1002, 1003, *range(1007, 1015)})
+CHECK_PERIOD = 2.0  # seconds: Daphne's `timeout_checker` runs this often (fix 9)
+CHECK_SLICE = 50  # connections checked at once
 
 
 def apply() -> None:
@@ -108,6 +117,7 @@ def apply() -> None:
     _write_websockets_at_once()
     _forget_the_handshake()
     _release_upgraded_requests()
+    _spread_timeout_checks()
 
 
 class _Lazy:
@@ -337,3 +347,25 @@ def _release_upgraded_requests() -> None:
             channel.requests.clear()
 
     WebRequest.process = released_process
+
+
+def _spread_timeout_checks() -> None:
+    from daphne.server import Server
+    from twisted.internet import reactor
+
+    def check_slice(self, protocols: list) -> None:
+        for protocol in protocols:
+            if protocol in self.connections:
+                protocol.check_timeouts()
+
+    def timeout_checker(self):
+        """Daphne's, with the round's connections checked in slices spread over it (fix 9)."""
+        protocols = list(self.connections)
+        slices = range(0, len(protocols), CHECK_SLICE)
+        step = CHECK_PERIOD / max(1, len(slices))
+        for number, start in enumerate(slices):
+            chunk = protocols[start : start + CHECK_SLICE]
+            reactor.callLater(number * step, check_slice, self, chunk)
+        reactor.callLater(CHECK_PERIOD, self.timeout_checker)
+
+    Server.timeout_checker = timeout_checker

@@ -1,9 +1,10 @@
-"""Daphne's connection checker, input queues, WebSocket writes and handshakes, as
-realtime/daphne_fixes.py leaves them (fixes 4 to 8), on Daphne's own classes: the checker reaps
-finished applications and closes out disconnected connections as Daphne does, never looks at a
-connection with nothing to do, a WebSocket's application gets a `ChannelQueue` for its input, a
-WebSocket's write is sent at once, in order with anything still waiting, an open WebSocket keeps
-no copy of its handshake, and the HTTP request it came from is let go.
+"""Daphne's connection checker, input queues, WebSocket writes and handshakes, and its timeout
+checks, as realtime/daphne_fixes.py leaves them (fixes 4 to 9), on Daphne's own classes: the
+checker reaps finished applications and closes out disconnected connections as Daphne does, never
+looks at a connection with nothing to do, a WebSocket's application gets a `ChannelQueue` for its
+input, a WebSocket's write is sent at once, in order with anything still waiting, an open
+WebSocket keeps no copy of its handshake, the HTTP request it came from is let go, and the
+timeout checks of a round are spread over it in slices.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -302,3 +303,47 @@ async def test_the_http_request_that_became_a_websocket_is_let_go(server):
         assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
         websocket.sendMessage(b"hi")
         assert client.recv(100) == b"\x81\x02hi"
+
+
+class Timed:
+    """Stands in for a protocol under Daphne's timeout checker: records when it was checked."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def check_timeouts(self) -> None:
+        self.log.append(self)
+
+
+def test_timeout_checks_are_spread_over_the_round_in_slices(server):
+    """Daphne checked every connection in one call; here each is checked once a round, at most
+    `CHECK_SLICE` at a time, the slices spread evenly over the 2 s (the reactor never runs: the
+    scheduled calls are run by hand, in order)."""
+    from twisted.internet import reactor
+
+    from realtime.daphne_fixes import CHECK_PERIOD, CHECK_SLICE
+
+    checked: list[Timed] = []
+    protocols = [Timed(checked) for _ in range(5 * CHECK_SLICE + 1)]
+    server.connections = {protocol: {} for protocol in protocols}
+    before = set(reactor.getDelayedCalls())
+    server.timeout_checker()
+    scheduled = sorted(set(reactor.getDelayedCalls()) - before, key=lambda call: call.getTime())
+    try:
+        assert checked == []  # nothing checked in the call itself
+        next_round = scheduled.pop()
+        assert next_round.func == server.timeout_checker
+        slices, now = scheduled, time.time()  # the reactor's clock is wall time
+        assert len(slices) == 6
+        offsets = [call.getTime() - slices[0].getTime() for call in slices]
+        assert offsets == pytest.approx([n * CHECK_PERIOD / 6 for n in range(6)], abs=0.05)
+        assert next_round.getTime() - now == pytest.approx(CHECK_PERIOD, abs=0.5)
+        del server.connections[protocols[-1]]  # gone before its slice: not checked
+        for call in slices:
+            already = len(checked)
+            call.func(*call.args, **call.kw)
+            assert len(checked) - already <= CHECK_SLICE
+        assert checked == protocols[:-1]
+    finally:
+        for call in set(reactor.getDelayedCalls()) - before:
+            call.cancel()
