@@ -315,16 +315,17 @@ class Timed:
         self.log.append(self)
 
 
-def test_timeout_checks_are_spread_over_the_round_in_slices(server):
-    """Daphne checked every connection in one call; here each is checked once a round, at most
-    `CHECK_SLICE` at a time, the slices spread evenly over the 2 s (the reactor never runs: the
+@pytest.mark.parametrize(("connections", "slices", "size"), [(251, 6, 50), (2000, 20, 100)])
+def test_timeout_checks_are_spread_over_the_round_in_slices(server, connections, slices, size):
+    """Daphne checked every connection in one call; here each is checked once a round, in slices
+    of at least 50 and at most 20 slices, spread evenly over the 2 s (the reactor never runs: the
     scheduled calls are run by hand, in order)."""
     from twisted.internet import reactor
 
-    from realtime.daphne_fixes import CHECK_PERIOD, CHECK_SLICE
+    from realtime.daphne_fixes import CHECK_PERIOD
 
     checked: list[Timed] = []
-    protocols = [Timed(checked) for _ in range(5 * CHECK_SLICE + 1)]
+    protocols = [Timed(checked) for _ in range(connections)]
     server.connections = {protocol: {} for protocol in protocols}
     before = set(reactor.getDelayedCalls())
     server.timeout_checker()
@@ -333,16 +334,18 @@ def test_timeout_checks_are_spread_over_the_round_in_slices(server):
         assert checked == []  # nothing checked in the call itself
         next_round = scheduled.pop()
         assert next_round.func == server.timeout_checker
-        slices, now = scheduled, time.time()  # the reactor's clock is wall time
-        assert len(slices) == 6
-        offsets = [call.getTime() - slices[0].getTime() for call in slices]
-        assert offsets == pytest.approx([n * CHECK_PERIOD / 6 for n in range(6)], abs=0.05)
+        calls, now = scheduled, time.time()  # the reactor's clock is wall time
+        assert len(calls) == slices
+        offsets = [call.getTime() - calls[0].getTime() for call in calls]
+        assert offsets == pytest.approx(
+            [n * CHECK_PERIOD / slices for n in range(slices)], abs=0.05
+        )
         assert next_round.getTime() - now == pytest.approx(CHECK_PERIOD, abs=0.5)
         del server.connections[protocols[-1]]  # gone before its slice: not checked
-        for call in slices:
+        for call in calls:
             already = len(checked)
             call.func(*call.args, **call.kw)
-            assert len(checked) - already <= CHECK_SLICE
+            assert len(checked) - already <= size
         assert checked == protocols[:-1]
     finally:
         for call in set(reactor.getDelayedCalls()) - before:
