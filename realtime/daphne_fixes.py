@@ -55,7 +55,7 @@ uvicorn, need none).
 9. The walk every two seconds. Daphne's `timeout_checker` calls every connection's
    `check_timeouts` (its timeouts, and a ping when one is due) in one go every 2 s: 10-26 ms with
    10,000 open sockets, plus about 0.1 ms for each ping due, during which nothing else runs. A
-   logout that came in then waited for it: the 10-tab session's worst samples in the benchmark.
+   logout that came in then waited for it.
    Here each round's connections are checked in up to `CHECK_SLICES` slices (of at least
    `CHECK_SLICE_MIN`), spread evenly over the 2 s, so the loop is held for one slice at a time.
    Each connection is still checked once a round, by Daphne's own `check_timeouts`; one that has
