@@ -40,7 +40,7 @@ class LoginModelBackend(ModelBackend):
         return user if self.user_can_authenticate(user) else None
 
 
-def read_login_with_user(session, user_fields: list[str] | None = None):
+def read_login_with_user(session, user_fields: tuple[str, ...] | None = None):
     """(True, the session's active login with its user) or (True, None) when the login is not
     active, for a session whose backend is this one; (False, None) when nothing was read (another
     backend, no login, no user). `user_fields`: only those of the user (all by default).

@@ -80,7 +80,7 @@ def active_login(login_id: object, user_id: object) -> Login | None:
 
 
 def active_login_with_user(
-    login_id: object, user_id: object, user_fields: list[str] | None = None
+    login_id: object, user_id: object, user_fields: tuple[str, ...] | None = None
 ) -> Login | None:
     """`active_login`, with the login's user in the same query: for a connect, `user_fields` of
     it; for a request, all of it (views may read any field of `request.user`; accounts/backends.py).
@@ -91,12 +91,16 @@ def active_login_with_user(
     if not is_valid_id(login_id):
         return None
     if user_fields is None:  # a request's check: the fields `_sync_login` reads, the whole user
-        user_meta = get_user_model()._meta
-        login_fields, user_fields = _CHECKED_FIELDS, [f.name for f in user_meta.concrete_fields]
+        login_fields, user_fields = _CHECKED_FIELDS, _all_user_fields()
     else:  # a connect: one timestamp of the login, not three
         login_fields = ("id", "user_id", "expires_at")
-    query = _JoinedQuery.get(router.db_for_read(Login), login_fields, tuple(user_fields))
+    query = _JoinedQuery.get(router.db_for_read(Login), login_fields, user_fields)
     return query.run(login_id, user_id)
+
+
+@functools.cache
+def _all_user_fields() -> tuple[str, ...]:
+    return tuple(field.name for field in get_user_model()._meta.concrete_fields)
 
 
 class _JoinedQuery:

@@ -27,6 +27,7 @@ of failing the handshake with a server error.
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import ParseResult, urlparse
@@ -71,13 +72,14 @@ def _resolve(scope):
     return (user, login) if login is not None else (AnonymousUser(), None)
 
 
-def _user_fields() -> list[str]:
+@functools.cache
+def _user_fields() -> tuple[str, ...]:
     """The user's fields a socket needs: its key, name, password (for the session hash) and
     whether it is active."""
     user_model = get_user_model()
     names = {field.name for field in user_model._meta.concrete_fields}
     wanted = [user_model._meta.pk.name, user_model.USERNAME_FIELD, "password", "is_active"]
-    return [name for name in wanted if name in names]
+    return tuple(name for name in wanted if name in names)
 
 
 class LiveAuthMiddleware(AuthMiddleware):

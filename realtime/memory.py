@@ -54,8 +54,8 @@ def tune_gc() -> None:
 # glibc gives each new thread a heap (an arena) of its own, up to eight per core, and a block
 # freed by one thread goes back to the heap it came from. The server's threads (requests, connects,
 # the pools' workers) allocate what open sockets keep, so with PYTHONMALLOC=malloc the sockets'
-# memory was spread over a dozen half-empty heaps. Two heaps: 20.0-20.7 KiB per idle tab instead
-# of 22.1-22.2 (1,000 tabs, back to back; docs/performance.md, "Two heaps for malloc").
+# memory was spread over a dozen half-empty heaps. Two heaps: 19.8-20.7 KiB per idle tab instead
+# of 21.2-22.2 (1,000 tabs, back to back; docs/performance.md, "Two heaps for malloc").
 # MALLOC_ARENA_MAX in the environment, read by glibc itself at start, wins over this.
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h

@@ -5,15 +5,15 @@ from django.contrib.sessions.backends import db
 
 class SessionStore(db.SessionStore):
     def delete(self, session_key=None):
-        if session_key is None:
-            if self.session_key is None:
-                return
-            session_key = self.session_key
-        self.model.objects.filter(session_key=session_key).delete()
+        key = self._key_to_delete(session_key)
+        if key is not None:
+            self.model.objects.filter(session_key=key).delete()
 
     async def adelete(self, session_key=None):
-        if session_key is None:
-            if self.session_key is None:
-                return
-            session_key = self.session_key
-        await self.model.objects.filter(session_key=session_key).adelete()
+        key = self._key_to_delete(session_key)
+        if key is not None:
+            await self.model.objects.filter(session_key=key).adelete()
+
+    def _key_to_delete(self, session_key):
+        """`session_key`, else this session's key; None when there is neither (nothing to do)."""
+        return session_key if session_key is not None else self.session_key
