@@ -203,7 +203,11 @@ class StatusConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs for every event; unlike Channels' own, without closing old database connections
-        first (a thread hop per event): no handler here touches the database."""
+        first (a thread hop per event): no handler here touches the database. Once the socket
+        has been told its login ended, only its disconnect is handled: until the close, the
+        client's frames and other events get no answer (docs/protocol.md)."""
+        if self.ended and message["type"] != "websocket.disconnect":
+            return
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -262,9 +266,16 @@ class StatusConsumer(AsyncWebsocketConsumer):
         if self.ended:
             return
         self.ended = True
-        # Tell the client first; leaving the groups waits for `disconnect`.
+        # Tell the client now; the close follows once this process's logouts of the moment have
+        # all gone out (the watcher's `close_after_logouts`), and leaving the groups waits for
+        # `disconnect`.
         await self.send_json({"type": "logout", "reason": event["reason"]})
-        await self.close(code=CLOSE_LOGGED_OUT)
+        watcher().close_after_logouts(self)
+
+    async def close_logged_out(self) -> None:
+        """The close that follows a `logout` message; nothing if the client has gone already."""
+        if self.accepted:
+            await self.close(code=CLOSE_LOGGED_OUT)
 
     async def live_logins_ended(self, event: dict[str, Any]) -> None:
         """Runs when several logins of this socket's user ended at once (logout everywhere, a

@@ -39,6 +39,10 @@ from realtime.memory import Trimmer
 logger = logging.getLogger(__name__)
 
 TABS_NOTICE_DELAY = 0.25  # seconds; the sessions page's tab counts lag by at most this
+# Sockets told that their login ended are closed once no other socket here has been told for
+# CLOSE_QUIET seconds, and at most CLOSE_WAIT_MAX seconds after the first of them was told.
+CLOSE_QUIET = 0.05
+CLOSE_WAIT_MAX = 1.0
 REJOIN_BATCH = 100  # sockets renewing their groups at once
 REJOIN_ATTEMPTS = 5
 
@@ -65,6 +69,8 @@ class LoginWatcher:
         self.open: set = set()  # every socket of this loop, logged in or not
         self.trimmer = Trimmer()
         self._renewal: asyncio.Task | None = None
+        self._to_close: list = []  # sockets told their login ended, not yet closed
+        self._first_told = self._last_told = 0.0  # loop times
 
     def opened(self, consumer) -> None:
         """Runs when any socket is accepted: its groups will be renewed when they may be lost."""
@@ -148,7 +154,32 @@ class LoginWatcher:
 
     def _notify_tabs(self, user_id: int) -> None:
         self._tab_notices.discard(user_id)
-        task = asyncio.create_task(broadcast.asessions_changed(user_id=user_id))
+        self._in_background(broadcast.asessions_changed(user_id=user_id))
+
+    def close_after_logouts(self, consumer) -> None:
+        """Runs when a socket has been sent its `logout`: close it with 4001 once the logouts of
+        the moment have all gone out (`CLOSE_QUIET`, `CLOSE_WAIT_MAX`).
+
+        A socket's close costs the event loop several times its message (the close frame, the
+        client's reply, the TCP close, the disconnect). Closed at once, the first sockets of a
+        storm of logouts held back the news to all the others (docs/performance.md)."""
+        self._last_told = asyncio.get_running_loop().time()
+        self._to_close.append(consumer)
+        if len(self._to_close) == 1:
+            self._first_told = self._last_told
+            self._close_told()
+
+    def _close_told(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = min(self._last_told + CLOSE_QUIET, self._first_told + CLOSE_WAIT_MAX)
+        if due > loop.time() + 0.001:
+            loop.call_at(due, self._close_told)
+            return
+        told, self._to_close = self._to_close, []
+        self._in_background(_close_logged_out(told))
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -195,6 +226,14 @@ class LoginWatcher:
                 except Exception:  # a socket that is already gone
                     logger.debug("could not deliver a logout to %s", consumer, exc_info=True)
             self.expires.pop(login_id, None)
+
+
+async def _close_logged_out(consumers: list) -> None:
+    for consumer in consumers:
+        try:
+            await consumer.close_logged_out()
+        except Exception:  # one socket's failure must not keep the others open
+            logger.warning("could not close a logged-out socket", exc_info=True)
 
 
 @database_sync_to_async

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 import pytest
 from channels import db as channels_db
 from django.test import AsyncClient
 
+from realtime import watch
 from realtime.groups import RATE_BURST, RATE_PER_SECOND
 from tests.helpers import assert_logged_out, assert_still_open
 
@@ -43,6 +45,50 @@ async def test_logout_view_closes_every_tab_of_that_session(status_socket, alice
     assert response.status_code == 302
     for tab in tabs:
         await assert_logged_out(tab, "logout")
+
+
+LOGOUT = {"type": "logout", "reason": "logout"}
+CLOSED_LOGGED_OUT = {"type": "websocket.close", "code": 4001}
+
+
+async def test_the_close_waits_until_no_other_tab_is_being_told(
+    status_socket, alice, bob, monkeypatch
+):
+    """A told tab closes once no other tab here has been told for CLOSE_QUIET, so the logouts of
+    a storm all go out before the closes, which cost the server more. Until then it answers
+    nothing."""
+    monkeypatch.setattr(watch, "CLOSE_QUIET", 1.0)
+    monkeypatch.setattr(watch, "CLOSE_WAIT_MAX", 5.0)
+    first, second = AsyncClient(), AsyncClient()
+    await first.aforce_login(alice)
+    await second.aforce_login(bob)
+    tab, _ = await status_socket(cookies=first.cookies)
+    later_tab, _ = await status_socket(cookies=second.cookies)
+    await first.post("/accounts/logout/")
+    assert await tab.receive_json_from(timeout=2) == LOGOUT
+    await tab.send_json_to({"type": "ping"})
+    assert await tab.receive_nothing(timeout=0.3)  # no pong, and no close yet
+    await second.post("/accounts/logout/")
+    later_told = time.monotonic()
+    assert await later_tab.receive_json_from(timeout=2) == LOGOUT
+    assert await tab.receive_output(timeout=3) == CLOSED_LOGGED_OUT
+    # Closed a second after the *later* tab was told; a second after its own logout would have
+    # been at most 0.7 s after that.
+    assert time.monotonic() - later_told >= 0.9
+    assert await later_tab.receive_output(timeout=1) == CLOSED_LOGGED_OUT
+
+
+async def test_a_told_tab_waits_for_its_close_at_most_close_wait_max(
+    status_socket, alice, monkeypatch
+):
+    monkeypatch.setattr(watch, "CLOSE_QUIET", 10.0)
+    monkeypatch.setattr(watch, "CLOSE_WAIT_MAX", 0.5)
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    tab, _ = await status_socket(cookies=client.cookies)
+    await client.post("/accounts/logout/")
+    assert await tab.receive_json_from(timeout=2) == LOGOUT
+    assert await tab.receive_output(timeout=5) == CLOSED_LOGGED_OUT
 
 
 async def test_any_code_calling_logout_is_broadcast(status_socket, alice):
