@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from importlib import import_module
 
 import pytest
@@ -19,6 +20,21 @@ TABLE = '"django_session"'
 
 def _statements_on_the_table(queries) -> list[str]:
     return [q["sql"].split(" ")[0] for q in queries if TABLE in q["sql"]]
+
+
+@contextmanager
+def _deletes_in_a_transaction():
+    """For each `DELETE` on the table meanwhile: was a transaction (`atomic`) open around it? A
+    `BEGIN` and `COMMIT` are not among the captured queries on PostgreSQL."""
+    seen: list[bool] = []
+
+    def note(execute, sql, params, many, context):
+        if sql.startswith("DELETE") and TABLE in sql:
+            seen.append(connection.in_atomic_block)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(note):
+        yield seen
 
 
 def _cached(store, key: str, settings):
@@ -100,3 +116,21 @@ def test_logout_everywhere_deletes_them_together(alice, settings, engine):
     # (Django's engines make a SELECT there instead).
     loaded = [] if engine.endswith("cached_db") else ["SELECT"]
     assert _statements_on_the_table(queries) == [*loaded, "DELETE", "DELETE"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_deletes_open_no_transaction(alice, settings, engine):
+    """Django's `QuerySet.delete` puts even a one-table delete in a transaction: a `BEGIN` and a
+    `COMMIT` more, two round trips on every logout."""
+    settings.SESSION_ENGINE = engine
+    browsers = [Client() for _ in range(3)]
+    for client in browsers:
+        client.force_login(alice)
+
+    with _deletes_in_a_transaction() as logout:
+        assert browsers[2].post("/accounts/logout/").status_code == 302
+    with _deletes_in_a_transaction() as everywhere:
+        assert browsers[0].post("/accounts/logout/everywhere/").status_code == 302
+
+    assert logout == [False]
+    assert everywhere == [False, False]  # the other sessions together, then the logout's flush
