@@ -77,12 +77,18 @@ def _spawn(coroutine: Coroutine) -> None:
     task.add_done_callback(_in_flight.discard)
 
 
-def _send_from_sync(sends: list[Send]) -> None:
+def _run_from_sync(function, *args, **kwargs) -> None:
+    """Hand `function(*args, **kwargs)` (a coroutine function) to the server's event loop, or run
+    it to completion where there is no such loop."""
     loop = _server_loop()
     if loop is None:
-        async_to_sync(_asend_all)(sends)
+        async_to_sync(function)(*args, **kwargs)
     else:
-        loop.call_soon_threadsafe(_spawn, _asend_all(sends))
+        loop.call_soon_threadsafe(_spawn, function(*args, **kwargs))
+
+
+def _send_from_sync(sends: list[Send]) -> None:
+    _run_from_sync(_asend_all, sends)
 
 
 def _sessions_changed(user_id: int) -> tuple[str, dict]:
@@ -106,13 +112,22 @@ def _ended(login_ids: list[str], user_ids: set[int], reason: str) -> list[Send]:
 
 async def alogins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> bool:
     """Tell every socket of these logins that they have ended, and their users' sessions pages
-    that the list changed. True when the layer took every message."""
+    that the list changed. True when the layer took every message.
+
+    This process's own sockets are told first and directly, by its login watcher: they need not
+    wait for the round trips through Redis and back (docs/performance.md), and they learn it even
+    when Redis is unreachable."""
+    from realtime.watch import existing_watcher  # realtime.watch imports this module
+
+    here = existing_watcher()
+    if here is not None:
+        await here.tell_ended(login_ids, reason)
     return await _asend_all(_ended(login_ids, user_ids, reason))
 
 
 def logins_ended(*, login_ids: list[str], user_ids: set[int], reason: str) -> None:
     """Synchronous edge of `alogins_ended`."""
-    _send_from_sync(_ended(login_ids, user_ids, reason))
+    _run_from_sync(alogins_ended, login_ids=login_ids, user_ids=user_ids, reason=reason)
 
 
 def browser_logged_in(

@@ -57,6 +57,11 @@ def watcher() -> LoginWatcher:
     return _watchers[loop]
 
 
+def existing_watcher() -> LoginWatcher | None:
+    """The watcher of the running event loop, if a socket has made one."""
+    return _watchers.get(asyncio.get_running_loop())
+
+
 class LoginWatcher:
     def __init__(self, *, interval: float) -> None:
         self.interval = interval
@@ -219,7 +224,15 @@ class LoginWatcher:
                 if login_id in self.expires:
                     self.expires[login_id] = expires_at
                 continue
-            event = {"type": EVENT_LOGOUT, "reason": reason}
+            await self.tell_ended([login_id], reason)
+
+    async def tell_ended(self, login_ids: list[str], reason: str) -> None:
+        """Send a logout to this loop's sockets of these logins, directly. The watcher's own
+        re-checks end logins this way, and so does every ending made in this process
+        (`broadcast.alogins_ended`), before the channel layer carries it to the other
+        processes' sockets (and to these again, which ignore a second logout)."""
+        event = {"type": EVENT_LOGOUT, "reason": reason}
+        for login_id in login_ids:
             for consumer in list(self.sockets.pop(login_id, ())):
                 try:
                     await consumer.live_logout(event)

@@ -131,6 +131,27 @@ async def test_with_redis_down_http_works_tabs_stay_and_learn_and_recover(
         await browser.close()
 
 
+async def test_with_redis_down_a_logout_reaches_its_own_process_tabs_at_once(
+    live_servers, live_users, private_redis
+):
+    """The process that ends a login tells its own tabs directly, not through Redis: here Redis
+    is down and the watcher's re-check is a minute away, yet they learn it at once."""
+    [server] = live_servers.start(1, LIVE_RECHECK_SECONDS="60")
+    browser, other = Browser(server), Browser(server)
+    await browser.login("alice")
+    await other.login("alice")
+    tabs = [await browser.open_tab(), await browser.open_tab()]
+    other_tab = await other.open_tab()
+
+    private_redis.stop()
+    assert (await browser.logout()).status_code == 302
+    for tab in tabs:
+        await tab.expect_logout("logout", timeout=2)
+    await other_tab.expect_silence_and_alive(0.5)
+    for each in (browser, other):
+        await each.close()
+
+
 async def test_after_a_redis_restart_open_tabs_rejoin_and_get_their_logout_at_once(
     live_servers, live_users, private_redis
 ):
