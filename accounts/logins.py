@@ -251,10 +251,32 @@ def end_checked_login(login: Login, reason: str) -> bool:
 
 
 def _mark_ended(login_ids: list[str], reason: str) -> int:
-    """Mark the still-active ones of these logins ended; returns how many this call ended."""
-    return Login.objects.filter(id__in=login_ids, ended_at__isnull=True).update(
-        ended_at=timezone.now(), end_reason=reason
+    """Mark the still-active ones of these logins ended; returns how many this call ended.
+
+    The `UPDATE` is written here, as `QuerySet.update` would write it: the ORM built and compiled
+    it again for every logout, 0.26 ms of CPU against 0.08-0.10 ms for running the statement, and
+    the tabs are told only after it (docs/performance.md)."""
+    if not login_ids:
+        return 0
+    alias = router.db_for_write(Login)
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    meta = Login._meta
+    ended_at, end_reason = meta.get_field("ended_at"), meta.get_field("end_reason")
+    placeholders = ", ".join(["%s"] * len(login_ids))
+    sql = (
+        f"UPDATE {quote(meta.db_table)}"
+        f" SET {quote(ended_at.column)} = %s, {quote(end_reason.column)} = %s"
+        f" WHERE {quote(meta.pk.column)} IN ({placeholders}) AND {quote(ended_at.column)} IS NULL"
     )
+    params = [
+        ended_at.get_db_prep_value(timezone.now(), connection),
+        end_reason.get_db_prep_value(reason, connection),
+        *login_ids,
+    ]
+    with transaction.mark_for_rollback_on_error(alias), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _notify_ended(login_ids: list[str], user_ids: set[int], reason: str) -> None:

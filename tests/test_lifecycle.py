@@ -14,7 +14,7 @@ from django.db import connection
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 
-from accounts.logins import end_logins
+from accounts.logins import end_checked_login, end_logins
 from accounts.models import Login
 from realtime.groups import BROWSER_COOKIE
 from tests.helpers import assert_logged_out, assert_still_open
@@ -101,6 +101,24 @@ def test_a_logout_reads_its_login_once_and_ends_it_in_one_update(alice):
     assert on_logins[1].startswith("UPDATE")
     login = Login.objects.get(id=login_id)
     assert login.ended_at is not None and login.end_reason == "logout"
+
+
+def test_a_login_ends_once_and_keeps_its_first_reason(alice, bob):
+    browsers = [Client() for _ in range(3)]
+    for client, user in zip(browsers, (alice, alice, bob), strict=True):
+        client.force_login(user)
+    first, second, other = (Login.objects.get(id=c.session["_live_login_id"]) for c in browsers)
+
+    assert end_logins(Login.objects.filter(id=first.id), "revoked") == [first.id]
+    assert end_checked_login(first, "logout") is False  # already ended: no second ending
+    assert end_logins(Login.objects.filter(user=alice), "logout_everywhere") == [second.id]
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    other.refresh_from_db()
+    assert first.end_reason == "revoked" and first.ended_at is not None
+    assert second.end_reason == "logout_everywhere" and second.ended_at >= first.ended_at
+    assert other.ended_at is None and other.end_reason == ""
 
 
 async def test_logout_everywhere_ends_every_session_of_the_user(status_socket, alice, bob):
