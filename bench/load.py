@@ -184,8 +184,10 @@ async def close_all(tabs) -> None:
 
 
 async def storm(target: Target, p: dict) -> dict:
-    """S sessions x T tabs: handshake rate, a pause for memory, then all log out at once."""
+    """S sessions x T tabs: handshake rate, a pause for memory, then all log out at once. The
+    memory is read once the sessions have logged in and again with the tabs open and idle."""
     sessions = [await target.login(i) for i in range(p["sessions"])]
+    pause("sessions")
     cookies = [sessions[i % len(sessions)].cookie for i in range(p["tabs"])]
     started = time.perf_counter()
     tabs = await open_tabs(target, cookies, p["in_flight"])
