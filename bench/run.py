@@ -242,12 +242,11 @@ def run_client(target: dict, scenario: str, params: dict, servers: list[Server])
         text=True,
     )
     baseline = sum(rss_kib(s.pid) for s in servers)
-    result: dict = {}
+    result: dict = {"rss_base_kib": baseline}
     for line in client.stdout:
         if line.startswith("PAUSE "):
             label = line.split()[1]
             result[f"rss_{label}_kib"] = sum(rss_kib(s.pid) for s in servers)
-            result["rss_base_kib"] = baseline
             client.stdin.write("\n")
             client.stdin.flush()
         elif line.startswith("RESULT "):

@@ -5,7 +5,9 @@ watcher per event loop wakes at the earliest expiry among its logins and at leas
 `LIVE_RECHECK_SECONDS`, reads the store fresh in one batch, ends what has expired or lost its
 session, and delivers every ending it finds to its own sockets directly, without the channel
 layer: a logout lost by Redis (down, flushed, a full channel, a group past `group_expiry`) still
-arrives within the interval. Consumers ignore a second logout.
+arrives within the interval. Endings made in this process are delivered the same way at once
+(`tell_ended`, from `broadcast.alogins_ended`). Consumers ignore a second logout. Told sockets
+are closed together once the logouts of the moment are out (`close_after_logouts`).
 
 The watcher also knows every open socket of its loop, so their channel-layer group memberships
 can be renewed: after Redis comes back from an outage (a restarted or flushed Redis has lost

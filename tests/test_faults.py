@@ -88,15 +88,21 @@ def login_id_of(username: str) -> str:
     return Login.objects.get(user__username=username, ended_at=None).id
 
 
-async def test_with_redis_down_http_works_tabs_stay_and_learn_and_recover(
-    live_servers, live_users, private_redis
-):
-    [server] = live_servers.start(1, LIVE_RECHECK_SECONDS=str(RECHECK_SECONDS))
+async def alice_in_two_browsers(server: Server):
+    """Alice logged in in two browsers: the one whose login will end, with two tabs, and the one
+    that stays, with one. Returns (ending, its tabs, staying, its tab)."""
     ending, staying = Browser(server), Browser(server)
     await ending.login("alice")
     await staying.login("alice")
     ending_tabs = [await ending.open_tab(), await ending.open_tab()]
-    staying_tab = await staying.open_tab()
+    return ending, ending_tabs, staying, await staying.open_tab()
+
+
+async def test_with_redis_down_http_works_tabs_stay_and_learn_and_recover(
+    live_servers, live_users, private_redis
+):
+    [server] = live_servers.start(1, LIVE_RECHECK_SECONDS=str(RECHECK_SECONDS))
+    ending, ending_tabs, staying, staying_tab = await alice_in_two_browsers(server)
 
     private_redis.stop()
     # Pages, login and logout keep working; the logout does not wait for Redis.
@@ -107,7 +113,8 @@ async def test_with_redis_down_http_works_tabs_stay_and_learn_and_recover(
     response = await ending.logout()
     assert response.status_code == 302 and time.monotonic() - started < 1.0
     assert (await ending.visit("/accounts/sessions/")).status_code == 302  # session gone
-    # The ended login's tabs still learn it (the watcher needs no Redis); the others stay open.
+    # The ended login's tabs still learn it (their process tells them itself, without Redis);
+    # the others stay open.
     for tab in ending_tabs:
         await tab.expect_logout("logout", timeout=RECHECK_SECONDS + 2)
     await staying_tab.expect_silence_and_alive(1.0)
@@ -137,11 +144,7 @@ async def test_with_redis_down_a_logout_reaches_its_own_process_tabs_at_once(
     """The process that ends a login tells its own tabs directly, not through Redis: here Redis
     is down and the watcher's re-check is a minute away, yet they learn it at once."""
     [server] = live_servers.start(1, LIVE_RECHECK_SECONDS="60")
-    browser, other = Browser(server), Browser(server)
-    await browser.login("alice")
-    await other.login("alice")
-    tabs = [await browser.open_tab(), await browser.open_tab()]
-    other_tab = await other.open_tab()
+    browser, tabs, other, other_tab = await alice_in_two_browsers(server)
 
     private_redis.stop()
     assert (await browser.logout()).status_code == 302
