@@ -294,8 +294,9 @@ def _keys_by_shard(layer: RedisChannelLayer, groups: list[str]) -> dict[int, lis
 
 
 async def add_to_groups(layer, groups: list[str], channel: str) -> None:
-    """`group_add` for several groups, in one round trip per Redis shard (a socket joins up to
-    three at connect; one at a time cost six round trips)."""
+    """`group_add` for several groups. Sockets of a process that join at the same moment (a burst
+    of connects, every socket rejoining after Redis came back) share one round trip per Redis
+    shard (`_Joins`); a socket joining alone had cost six round trips, one group at a time."""
     await _add(layer, groups, channel, count=False)
 
 
@@ -311,19 +312,7 @@ async def _add(layer, groups: list[str], channel: str, *, count: bool) -> list[i
         for group in groups:
             await layer.group_add(group, channel)
         return await group_sizes(layer, groups) if count else []
-    now = time.time()
-    oldest = now - layer.group_expiry  # older members are dead (as in group_sizes)
-    sizes: dict[str, int] = {}
-    for index, keys in _keys_by_shard(layer, groups).items():
-        async with layer.connection(index).pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.zadd(key, {channel: now})
-                pipe.expire(key, layer.group_expiry)
-                if count:
-                    pipe.zcount(key, oldest, "+inf")
-            replies = await pipe.execute()
-        if count:
-            sizes.update(zip(keys, replies[2::3], strict=True))
+    sizes = await _Joins.current(layer).add(groups, channel, count)
     return [sizes[layer._group_key(group)] for group in groups] if count else []
 
 
@@ -335,34 +324,33 @@ async def discard_from_groups(layer, groups: list[str], channel: str) -> None:
         for group in groups:
             await layer.group_discard(group, channel)
         return
-    loop = asyncio.get_running_loop()
-    batch = getattr(layer, "_live_discards", None)
-    if batch is None or batch.sent or batch.loop is not loop:
-        batch = layer._live_discards = _Discards(layer, loop)
-    await batch.add(groups, channel)
+    await _Discards.current(layer).add(groups, channel)
 
 
-class _Discards:
-    """The group leaves asked for in one turn of the event loop, sent together after it.
-
-    One pipeline per socket had every closing socket take a pooled Redis connection (making new
-    ones, each reading redis-py's package metadata) for its own two `ZREM`s: when 3,000 tabs of a
-    session closed, that was a fifth of the process (py-spy)."""
+class _Batch:
+    """Group operations asked for in one turn of the event loop, sent together after it: one
+    pipeline per Redis shard, whose outcome every asker awaits."""
 
     _sending: set[asyncio.Task] = set()  # keeps batches alive until sent
 
     def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
         self.layer, self.loop = layer, loop
-        self.members: dict[int, dict[str, list[str]]] = {}  # shard -> group key -> channels
         self.waiters: list[asyncio.Future] = []
         self.sent = False
-        loop.call_soon(self._send)  # after every leave asked for in this turn
+        loop.call_soon(self._send)  # after every operation asked for in this turn
 
-    def add(self, groups: list[str], channel: str) -> asyncio.Future:
-        for index, keys in _keys_by_shard(self.layer, groups).items():
-            shard = self.members.setdefault(index, {})
-            for key in keys:
-                shard.setdefault(key, []).append(channel)
+    @classmethod
+    def current(cls, layer: RedisChannelLayer):
+        """The batch of this kind still open in this turn, or a new one."""
+        loop = asyncio.get_running_loop()
+        attribute = f"_live_{cls.__name__}"
+        batch = getattr(layer, attribute, None)
+        if batch is None or batch.sent or batch.loop is not loop:
+            batch = cls(layer, loop)
+            setattr(layer, attribute, batch)
+        return batch
+
+    def _wait(self) -> asyncio.Future:
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
         return waiter
@@ -373,13 +361,25 @@ class _Discards:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
+    def _fill(self, index: int, pipe) -> None:
+        """Queue this batch's commands for shard `index`."""
+        raise NotImplementedError
+
+    def _results(self, index: int, replies: list) -> None:
+        """Take shard `index`'s replies."""
+
+    def _result(self, position: int):
+        """What the `position`-th waiter gets once every shard has answered."""
+
+    def _shards(self):
+        raise NotImplementedError
+
     async def _run(self) -> None:
         try:
-            for index, keys in self.members.items():
+            for index in self._shards():
                 async with self.layer.connection(index).pipeline(transaction=False) as pipe:
-                    for key, channels in keys.items():
-                        pipe.zrem(key, *channels)
-                    await pipe.execute()
+                    self._fill(index, pipe)
+                    self._results(index, await pipe.execute())
         except asyncio.CancelledError:
             for waiter in self.waiters:
                 waiter.cancel()
@@ -389,9 +389,80 @@ class _Discards:
                 if not waiter.done():  # a waiter cancelled meanwhile (its socket gone) is skipped
                     waiter.set_exception(error)
         else:
-            for waiter in self.waiters:
+            for position, waiter in enumerate(self.waiters):
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(self._result(position))
+
+
+class _Discards(_Batch):
+    """Leaves: one `ZREM` per group naming every channel leaving it.
+
+    One pipeline per socket had every closing socket take a pooled Redis connection (making new
+    ones, each reading redis-py's package metadata) for its own two `ZREM`s: when 3,000 tabs of a
+    session closed, that was a fifth of the process (py-spy)."""
+
+    def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(layer, loop)
+        self.members: dict[int, dict[str, list[str]]] = {}  # shard -> group key -> channels
+
+    def add(self, groups: list[str], channel: str) -> asyncio.Future:
+        for index, keys in _keys_by_shard(self.layer, groups).items():
+            shard = self.members.setdefault(index, {})
+            for key in keys:
+                shard.setdefault(key, []).append(channel)
+        return self._wait()
+
+    def _shards(self):
+        return self.members
+
+    def _fill(self, index: int, pipe) -> None:
+        for key, channels in self.members[index].items():
+            pipe.zrem(key, *channels)
+
+
+class _Joins(_Batch):
+    """Joins: per socket and group a `ZADD` (and a `ZCOUNT` when it asks how many members the
+    group then has), in the order asked, so each count is what it would be alone; then one
+    `EXPIRE` per group.
+
+    With a pipeline per socket, a burst of connects spent a fifth of the event loop's time in
+    redis-py (taking a pooled connection, writing, reading the replies): py-spy, 4,000 tabs."""
+
+    def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(layer, loop)
+        self.now = time.time()
+        # shard -> (waiter position, group key, channel, counted) in the order asked
+        self.joins: dict[int, list[tuple[int, str, str, bool]]] = {}
+        self.sizes: list[dict[str, int]] = []  # per waiter: group key -> members
+
+    def add(self, groups: list[str], channel: str, count: bool) -> asyncio.Future:
+        position = len(self.waiters)
+        for index, keys in _keys_by_shard(self.layer, groups).items():
+            self.joins.setdefault(index, []).extend((position, k, channel, count) for k in keys)
+        self.sizes.append({})
+        return self._wait()
+
+    def _shards(self):
+        return self.joins
+
+    def _fill(self, index: int, pipe) -> None:
+        oldest = self.now - self.layer.group_expiry  # older members are dead (as in group_sizes)
+        for _, key, channel, count in self.joins[index]:
+            pipe.zadd(key, {channel: self.now})
+            if count:
+                pipe.zcount(key, oldest, "+inf")
+        for key in dict.fromkeys(key for _, key, _, _ in self.joins[index]):
+            pipe.expire(key, self.layer.group_expiry)
+
+    def _results(self, index: int, replies: list) -> None:
+        replies = iter(replies)
+        for position, key, _, count in self.joins[index]:
+            next(replies)  # ZADD's
+            if count:
+                self.sizes[position][key] = next(replies)
+
+    def _result(self, position: int) -> dict[str, int]:
+        return self.sizes[position]
 
 
 async def clear_groups(layer, groups: list[str]) -> None:

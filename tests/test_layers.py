@@ -131,6 +131,25 @@ async def test_joining_answers_how_many_live_members_each_group_has(private_laye
     assert await group_sizes(private_layer, groups) == [2, 2]
 
 
+async def test_sockets_joining_at_once_share_one_round_trip_and_count_in_turn(
+    private_layer, redis_sends
+):
+    """A burst of connects joins in one pipeline; each socket's count is what it would have
+    been alone, so a socket limit lets exactly as many in as joining one by one did."""
+    groups = ["test.join.login", "test.join.user"]
+    channels = [await private_layer.new_channel() for _ in range(50)]
+    redis_sends.clear()
+    sizes = await asyncio.gather(*(join_and_count(private_layer, groups, c) for c in channels))
+    joins = [send for send in redis_sends if b"ZADD" in b"".join(send)]
+    assert len(joins) == 1
+    assert sizes == [[n, n] for n in range(1, 51)]
+    assert await group_sizes(private_layer, groups) == [50, 50]
+    key = private_layer._group_key(groups[0])
+    assert 0 < await private_layer.connection(0).ttl(key) <= private_layer.group_expiry
+    # A join asked for later goes in a batch of its own.
+    assert await join_and_count(private_layer, groups[:1], channels[0]) == [50]
+
+
 async def test_every_socket_in_a_batch_hears_that_redis_is_down(private_layer, private_redis):
     channels = [await private_layer.new_channel() for _ in range(3)]
     for channel in channels:
