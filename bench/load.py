@@ -200,6 +200,19 @@ async def storm(target: Target, p: dict) -> dict:
     return {"handshakes_per_s": rate, "storm": storm_summary}
 
 
+async def handshakes(target: Target, p: dict) -> dict:
+    """T tabs: the handshake rate and, with the tabs idle, a pause for memory (the floor rows,
+    whose server knows no sessions)."""
+    pause("sessions")
+    started = time.perf_counter()
+    tabs = await open_tabs(target, ["sessionid=floor"] * p["tabs"], p["in_flight"])
+    rate = len(tabs) / (time.perf_counter() - started)
+    await asyncio.sleep(1)
+    pause("idle")
+    await close_all(tabs)
+    return {"handshakes_per_s": rate}
+
+
 async def single(target: Target, p: dict) -> dict:
     """One session with `tabs` tabs logs out, `repeats` times, with `background` other tabs open."""
     background_sessions = [await target.login(i) for i in range(p["background_sessions"])]
@@ -274,6 +287,7 @@ async def main() -> None:
     target = Target(spec["target"])
     scenario = {
         "storm": storm,
+        "handshakes": handshakes,
         "single": single,
         "fanout": fanout,
         "auth": auth,

@@ -48,6 +48,7 @@ FULL = {
         "repeats": 20,
         "in_flight": 50,
     },
+    "handshakes": {"tabs": 1000, "in_flight": 50},
     "fanout": {"sizes": [1, 10, 100, 1000, 10000], "repeats": 5, "in_flight": 50},
     "auth": {"logins": 40, "in_flight": 2},
     "everywhere": {"sessions": 100, "tabs_per_session": 10, "in_flight": 50},
@@ -69,6 +70,7 @@ SMOKE = {
         "repeats": 3,
         "in_flight": 10,
     },
+    "handshakes": {"tabs": 40, "in_flight": 10},
     "fanout": {"sizes": [1, 10, 100], "repeats": 2, "in_flight": 10},
     "auth": {"logins": 4, "in_flight": 2},
     "everywhere": {"sessions": 4, "tabs_per_session": 3, "in_flight": 10},
@@ -193,6 +195,26 @@ def daphne(env: dict) -> Server:
         "asgi_project.asgi:application",
     ]
     return Server(command, env, port)
+
+
+def floor(fixes: bool) -> Server:
+    """Daphne with bench/floor_app.py: Daphne's own cost, with or without the project's fixes."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--access-log",
+        os.devnull,
+        "--ping-interval",
+        PING_INTERVAL,
+        "bench.floor_app:application",
+    ]
+    return Server(command, {**os.environ, "FLOOR_FIXES": "1" if fixes else "0"}, port)
 
 
 def uvicorn(env: dict) -> Server:
@@ -415,6 +437,9 @@ def main() -> None:
             ["storm", "single_small"],
             plan,
         ),
+        # Daphne's own floor: an app that only accepts and sends the status (bench/floor_app.py).
+        measure_row("Daphne floor, stock", "floor", lambda: [floor(False)], ["handshakes"], plan),
+        measure_row("Daphne floor, fixed", "floor", lambda: [floor(True)], ["handshakes"], plan),
     ]
     ceiling = hasher_ceiling(env["cached_db"])
     print()

@@ -26,7 +26,9 @@ def test_bench_smoke_runs_every_row_and_writes_results(redis_url):
     assert "authenticated handshakes/s" in result.stdout
     data = json.loads((ROOT / "bench" / "results" / "smoke.json").read_text())
     names = [row["name"] for row in data["rows"]]
-    assert names[0] == "websockets (reference)" and len(names) == 5
+    assert names[0] == "websockets (reference)" and len(names) == 7
     for row in data["rows"]:
-        assert row["handshakes_per_s"] > 0 and row["storm"]["n"] > 0
+        assert row["handshakes_per_s"] > 0
+        assert row["name"].startswith("Daphne floor") or row["storm"]["n"] > 0
+    assert all(row["kib_per_tab"] > 0 for row in data["rows"] if "floor" in row["name"])
     assert (ROOT / "bench" / "results" / "smoke-fanout.png").stat().st_size > 0
