@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from datetime import datetime
 
 from asgiref.sync import SyncToAsync, async_to_sync
@@ -60,7 +60,21 @@ Send = tuple[str, dict] | tuple[str, dict, tuple[str, ...]]  # group, event[, gr
 
 
 async def _asend_all(sends: list[Send]) -> bool:
-    return all(await asyncio.gather(*(_asend(*send) for send in sends)))
+    layer = get_channel_layer()
+    if not hasattr(layer, "group_send_many"):  # the in-memory layer
+        return all(await asyncio.gather(*(_asend(*send) for send in sends)))
+    # The Redis layer: every message and deletion in two round trips (realtime.layers).
+    types = ", ".join(dict.fromkeys(send[1]["type"] for send in sends))
+    try:
+        ended = [group for send in sends for group in (send[2] if len(send) > 2 else ())]
+        await layer.group_send_many([(send[0], send[1]) for send in sends], drop=ended)
+    except REDIS_DOWN as error:
+        logger.warning("could not send %s to the channel layer: %r", types, error)
+        return False
+    except Exception:
+        logger.exception("could not send %s to the channel layer", types)
+        return False
+    return True
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:
@@ -151,9 +165,9 @@ def expiry_moved(*, login_id: str, expires_at: datetime) -> None:
     _send_from_sync([(login_group(login_id), event)])
 
 
-async def asessions_changed(*, user_id: int) -> bool:
-    """Tell the user's open sessions pages to refresh their list."""
-    return await _asend(*_sessions_changed(user_id))
+async def asessions_changed(*, user_ids: Collection[int]) -> bool:
+    """Tell these users' open sessions pages to refresh their list."""
+    return await _asend_all([_sessions_changed(user_id) for user_id in user_ids])
 
 
 async def _atab_counts(login_ids: list[str]) -> dict[str, int]:

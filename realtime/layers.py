@@ -34,7 +34,7 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
@@ -227,34 +227,59 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         return message.pop("__asgi_channel__", process_channel), message
 
     async def group_send(self, group: str, message: dict) -> None:
-        """channels-redis's `group_send` in two round trips instead of four.
+        """channels-redis's `group_send` in two round trips instead of four (`group_send_many`)."""
+        await self.group_send_many([(group, message)])
 
-        The group's expired members are dropped and the rest read in one pipeline; then, per
-        Redis shard, one script (by its SHA, not its text) drops each message key's expired
-        messages and adds the new one where the key has room (`_GROUP_SEND_LUA`). The keys and
-        the messages are made by channels-redis's own `_map_channel_keys_to_connection`: one
-        message per process, naming its sockets."""
-        assert self.require_valid_group_name(group), "Group name not valid"
-        key = self._group_key(group)
-        group_connection = self.connection(self.consistent_hash(group))
-        async with group_connection.pipeline(transaction=False) as pipe:
-            pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
-            pipe.zrange(key, 0, -1)
-            _, members = await pipe.execute()
-        channels = [member.decode("utf8") for member in members]
-        keys_by_shard, messages, capacities = self._map_channel_keys_to_connection(
-            channels, message
-        )
-        for index, keys in keys_by_shard.items():
+    async def group_send_many(
+        self, sends: list[tuple[str, dict]], drop: Collection[str] = ()
+    ) -> None:
+        """Several group messages in two round trips per Redis shard, however many there are;
+        the groups in `drop` are deleted once their members are read (ended logins' groups).
+
+        First, per shard of the groups, one pipeline drops each group's expired members and reads
+        the rest. Then, per shard of the messages, one script (by its SHA, not its text) drops
+        each message key's expired messages and adds the new one where the key has room
+        (`_GROUP_SEND_LUA`). The keys and the messages are made by channels-redis's own
+        `_map_channel_keys_to_connection`: one message per process and group, naming its
+        sockets. channels-redis took four round trips per group; a logout (its login's message,
+        the sessions pages' notice, the group's deletion) had taken five."""
+        groups = [group for group, _ in sends]
+        for group in [*groups, *drop]:
+            assert self.require_valid_group_name(group), "Group name not valid"
+        expired = int(time.time()) - self.group_expiry
+        members: dict[str, list[bytes]] = {}
+        for index, keys in _keys_by_shard(self, list(dict.fromkeys([*groups, *drop]))).items():
+            async with self.connection(index).pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zremrangebyscore(key, min=0, max=expired)
+                    pipe.zrange(key, 0, -1)
+                for group in drop:
+                    if self.consistent_hash(group) == index:
+                        pipe.delete(self._group_key(group))
+                replies = await pipe.execute()
+            members.update(zip(keys, replies[1 : 2 * len(keys) : 2], strict=True))
+        # Per shard of the messages: the keys, then their messages, then their capacities.
+        scripts: dict[int, tuple[list[str], list[bytes], list[int]]] = {}
+        for group, message in sends:
+            channels = [member.decode("utf8") for member in members[self._group_key(group)]]
+            by_shard, packed, capacity = self._map_channel_keys_to_connection(channels, message)
+            for index, keys in by_shard.items():
+                shard_keys, shard_messages, shard_capacities = scripts.setdefault(
+                    index, ([], [], [])
+                )
+                shard_keys.extend(keys)
+                shard_messages.extend(packed[key] for key in keys)
+                shard_capacities.extend(capacity[key] for key in keys)
+        for index, (keys, shard_messages, shard_capacities) in scripts.items():
             script = self.connection(index).register_script(_GROUP_SEND_LUA)
-            args = [*(messages[k] for k in keys), *(capacities[k] for k in keys)]
-            over_capacity = await script(keys=keys, args=[*args, time.time(), self.expiry])
+            args = [*shard_messages, *shard_capacities, time.time(), self.expiry]
+            over_capacity = await script(keys=keys, args=args)
             if over_capacity:
                 logger.info(
-                    "%s of %s channels over capacity in group %s",
+                    "%s of %s process channels over capacity in groups %s",
                     over_capacity,
-                    len(channels),
-                    group,
+                    len(keys),
+                    ", ".join(groups),
                 )
 
     async def _wait_for_redis(self) -> None:

@@ -199,6 +199,31 @@ async def test_a_group_message_takes_two_round_trips_to_send_and_one_to_receive(
     assert len(redis_sends) == 3, redis_sends  # a pipeline, the script by SHA, the next BZPOPMIN
 
 
+async def test_messages_to_several_groups_take_the_same_two_round_trips(private_layer, redis_sends):
+    """A logout's sends (its login's message, the sessions pages' notice) and the ended group's
+    deletion share the round trips of one group message."""
+    login, other = await private_layer.new_channel(), await private_layer.new_channel()
+    await add_to_groups(private_layer, ["test.many.login", "test.many.user"], login)
+    await add_to_groups(private_layer, ["test.many.user"], other)
+    warm = await private_layer.new_channel()
+    await add_to_groups(private_layer, ["test.many.warm"], warm)
+    await private_layer.group_send("test.many.warm", {"type": "loads the script"})
+    redis_sends.clear()
+    await private_layer.group_send_many(
+        [
+            ("test.many.login", {"type": "logout"}),
+            ("test.many.user", {"type": "sessions"}),
+            ("test.many.nobody", {"type": "lost"}),
+        ],
+        drop=["test.many.login"],
+    )
+    assert len(redis_sends) == 2, redis_sends  # the members (and the deletion), the script
+    got = [await asyncio.wait_for(private_layer.receive(login), 5) for _ in range(2)]
+    assert sorted(message["type"] for message in got) == ["logout", "sessions"]
+    assert await asyncio.wait_for(private_layer.receive(other), 5) == {"type": "sessions"}
+    assert await group_sizes(private_layer, ["test.many.login", "test.many.user"]) == [0, 2]
+
+
 async def test_a_group_message_skips_a_full_channel_and_drops_expired_messages(
     settings, private_redis
 ):
