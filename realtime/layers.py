@@ -39,6 +39,7 @@ from typing import Any
 
 from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -67,6 +68,11 @@ for i = 1, #KEYS do
 end
 return over_capacity
 """
+
+
+@functools.cache
+def _driver_info() -> DriverInfo:
+    return DriverInfo()
 
 
 class ChannelQueue:
@@ -136,8 +142,13 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
 
     def create_pool(self, index: int) -> BlockingConnectionPool:
         """Runs once per shard and event loop. Hosts are dicts with an "address" URL; the rest
-        are pool and connection options (`max_connections`, `timeout` to wait for one, ...)."""
+        are pool and connection options (`max_connections`, `timeout` to wait for one, ...).
+
+        Every new connection resolved redis-py's version for `CLIENT SETINFO` from the package's
+        metadata (`importlib.metadata`): 0.9 ms of the event loop each, 4% of it in a storm of
+        logouts that opened connections (py-spy). It is resolved once here."""
         host = dict(self.hosts[index])
+        host.setdefault("driver_info", _driver_info())
         return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
     async def new_channel(self, prefix: str = "specific.") -> str:

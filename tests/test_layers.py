@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio
+import redis.utils
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -174,6 +176,20 @@ def redis_sends(monkeypatch) -> list[bytes]:
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
     return sends
+
+
+async def test_new_connections_do_not_read_package_metadata(private_layer, monkeypatch):
+    """redis-py looked its own version up (`importlib.metadata`, about 1 ms) for every new
+    connection; a burst of logouts opens several at once on the event loop."""
+    lookups = []
+    real_version = redis.utils.metadata.version
+    monkeypatch.setattr(
+        redis.utils.metadata, "version", lambda name: lookups.append(name) or real_version(name)
+    )
+    await asyncio.gather(*(private_layer.connection(0).ping() for _ in range(5)))
+    assert lookups == []
+    redis.asyncio.Connection()  # as redis-py makes them by default
+    assert lookups == ["redis"]
 
 
 async def test_a_group_message_takes_two_round_trips_to_send_and_one_to_receive(
