@@ -178,7 +178,7 @@ class Server:
             self.process.kill()
 
 
-def daphne(env: dict) -> Server:
+def daphne(env: dict, app: str = "asgi_project.asgi:application") -> Server:
     port = free_port()
     command = [
         sys.executable,
@@ -192,29 +192,15 @@ def daphne(env: dict) -> Server:
         os.devnull,
         "--ping-interval",
         PING_INTERVAL,
-        "asgi_project.asgi:application",
+        app,
     ]
     return Server(command, env, port)
 
 
 def floor(fixes: bool) -> Server:
     """Daphne with bench/floor_app.py: Daphne's own cost, with or without the project's fixes."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "daphne",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--access-log",
-        os.devnull,
-        "--ping-interval",
-        PING_INTERVAL,
-        "bench.floor_app:application",
-    ]
-    return Server(command, {**os.environ, "FLOOR_FIXES": "1" if fixes else "0"}, port)
+    env = {**os.environ, "FLOOR_FIXES": "1" if fixes else "0"}
+    return daphne(env, "bench.floor_app:application")
 
 
 def uvicorn(env: dict) -> Server:

@@ -31,43 +31,25 @@ from realtime.groups import (
     user_sessions_group,
     user_tabs_group,
 )
-from realtime.layers import REDIS_DOWN, clear_groups, group_sizes
+from realtime.layers import REDIS_DOWN, group_sizes, send_to_groups
 
 logger = logging.getLogger(__name__)
 _in_flight: set[asyncio.Task] = set()  # keeps handed-off sends alive until they finish
-
-
-async def _asend(group: str, event: dict, ended_groups: tuple[str, ...] = ()) -> bool:
-    layer = get_channel_layer()
-    if layer is None:
-        return False
-    try:
-        await layer.group_send(group, event)
-        if ended_groups:
-            # An ended login's group gets nothing more: drop it whole once the logout is queued
-            # to every member (its sockets skip their own discard, a round trip each in a storm).
-            await clear_groups(layer, list(ended_groups))
-    except REDIS_DOWN as error:
-        logger.warning("could not send %s to the channel layer: %r", event["type"], error)
-        return False
-    except Exception:
-        logger.exception("could not send %s to the channel layer", event["type"])
-        return False
-    return True
 
 
 Send = tuple[str, dict] | tuple[str, dict, tuple[str, ...]]  # group, event[, groups to drop]
 
 
 async def _asend_all(sends: list[Send]) -> bool:
+    """Every message, then the ended groups dropped whole (their sockets skip their own discard,
+    a round trip each in a storm): two round trips on Redis (`realtime.layers.send_to_groups`)."""
     layer = get_channel_layer()
-    if not hasattr(layer, "group_send_many"):  # the in-memory layer
-        return all(await asyncio.gather(*(_asend(*send) for send in sends)))
-    # The Redis layer: every message and deletion in two round trips (realtime.layers).
+    if layer is None:
+        return False
     types = ", ".join(dict.fromkeys(send[1]["type"] for send in sends))
+    ended = [group for send in sends for group in (send[2] if len(send) > 2 else ())]
     try:
-        ended = [group for send in sends for group in (send[2] if len(send) > 2 else ())]
-        await layer.group_send_many([(send[0], send[1]) for send in sends], drop=ended)
+        await send_to_groups(layer, [(send[0], send[1]) for send in sends], drop=ended)
     except REDIS_DOWN as error:
         logger.warning("could not send %s to the channel layer: %r", types, error)
         return False

@@ -275,8 +275,6 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         sockets. channels-redis took four round trips per group; a logout (its login's message,
         the sessions pages' notice, the group's deletion) had taken five."""
         groups = [group for group, _ in sends]
-        for group in [*groups, *drop]:
-            assert self.require_valid_group_name(group), "Group name not valid"
         expired = int(time.time()) - self.group_expiry
         members: dict[str, list[bytes]] = {}
         for index, keys in _keys_by_shard(self, list(dict.fromkeys([*groups, *drop]))).items():
@@ -385,7 +383,7 @@ async def discard_from_groups(layer, groups: list[str], channel: str) -> None:
 
 class _Batch:
     """Group operations asked for in one turn of the event loop, sent together after it: one
-    pipeline per Redis shard, whose outcome every asker awaits."""
+    round trip per Redis shard (`_send_shard`), whose outcome every asker awaits."""
 
     _sending: set[asyncio.Task] = set()  # keeps batches alive until sent
 
@@ -514,6 +512,17 @@ class _Joins(_Batch):
 
     def _result(self, position: int) -> dict[str, int]:
         return self.sizes[position]
+
+
+async def send_to_groups(layer, sends: list[tuple[str, dict]], drop: Collection[str] = ()) -> None:
+    """A message to each of several groups, then the groups in `drop` deleted (ended logins'):
+    on the project's Redis layer in two round trips (`group_send_many`)."""
+    if isinstance(layer, BlockingPoolRedisChannelLayer):
+        await layer.group_send_many(sends, drop)
+        return
+    for group, message in sends:
+        await layer.group_send(group, message)
+    await clear_groups(layer, list(drop))
 
 
 async def clear_groups(layer, groups: list[str]) -> None:
