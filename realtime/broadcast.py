@@ -42,7 +42,7 @@ Send = tuple[str, dict] | tuple[str, dict, tuple[str, ...]]  # group, event[, gr
 
 async def _asend_all(sends: list[Send]) -> bool:
     """Every message, then the ended groups dropped whole (their sockets skip their own discard,
-    a round trip each in a storm): two round trips on Redis (`realtime.layers.send_to_groups`)."""
+    a round trip each in a storm): one round trip to Redis (`realtime.layers.send_to_groups`)."""
     layer = get_channel_layer()
     if layer is None:
         return False

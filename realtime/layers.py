@@ -14,8 +14,8 @@
   queue is empty, and `asyncio.Queue`'s three deques and an `Event` cost 3 KiB of it per socket.
   Under Daphne that queue is the socket's input queue from the server (`new_channel_into`), so
   the consumer waits on one queue for its client's messages and its events alike. The reader
-  pops without channels-redis's backup queue (`_pop`), and `group_send` takes two round trips
-  instead of four: a logout reaches the process's reader about 1.5 ms sooner.
+  pops without channels-redis's backup queue (`_pop`), and `group_send` takes one round trip
+  instead of four (on one Redis; two per shard on several).
 - The project needs a few group operations beyond the channel-layer API (join or leave several
   groups in one round trip, drop a whole group, count members across processes). The functions
   at the end of this module do them for any Redis layer and for Channels' in-memory layer, so
@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
+from channels_redis.serializers import MsgPackSerializer
 from redis.asyncio import BlockingConnectionPool
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -64,6 +65,55 @@ for i = 1, #KEYS do
         redis.call('EXPIRE', KEYS[i], expiry)
     else
         over_capacity = over_capacity + 1
+    end
+end
+return over_capacity
+"""
+
+
+# A whole `group_send_many` in one script, where every key lives on one Redis (`_in_one_script`):
+# KEYS are the groups messaged, one per message in order, then the groups to delete; ARGV is the
+# layer's key prefix, the time, the oldest live member's time, the message expiry and capacity,
+# then each message serialized up to its channel list (`_heads`). Per group: drop the expired
+# members, read the rest; then delete the ended groups; then per message and process channel
+# (the member's name up to its "!"), `_GROUP_SEND_LUA`'s rules, with the message completed by
+# the list of that process's members (msgpack, by Redis's own cmsgpack). Returns how many process
+# channels were over capacity. The process channels' keys are not in KEYS, which only a
+# Redis Cluster would refuse; the layer has one plain Redis when it takes this way.
+_GROUP_SEND_ONE_TRIP_LUA = """
+local prefix, now, oldest = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local expiry, capacity = tonumber(ARGV[4]), tonumber(ARGV[5])
+local sends = #ARGV - 5
+local members = {}
+for i = 1, sends do
+    if members[KEYS[i]] == nil then
+        redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, oldest)
+        members[KEYS[i]] = redis.call('ZRANGE', KEYS[i], 0, -1)
+    end
+end
+for i = sends + 1, #KEYS do
+    redis.call('DEL', KEYS[i])
+end
+local over_capacity = 0
+for i = 1, sends do
+    local channels, order = {}, {}
+    for _, channel in ipairs(members[KEYS[i]]) do
+        local bang = string.find(channel, '!', 1, true)
+        local key = prefix .. (bang and string.sub(channel, 1, bang) or channel)
+        if channels[key] == nil then
+            channels[key] = {}
+            order[#order + 1] = key
+        end
+        table.insert(channels[key], channel)
+    end
+    for _, key in ipairs(order) do
+        redis.call('ZREMRANGEBYSCORE', key, 0, math.floor(now) - expiry)
+        if redis.call('ZCOUNT', key, '-inf', '+inf') < capacity then
+            redis.call('ZADD', key, now, ARGV[5 + i] .. cmsgpack.pack(channels[key]))
+            redis.call('EXPIRE', key, expiry)
+        else
+            over_capacity = over_capacity + 1
+        end
     end
 end
 return over_capacity
@@ -258,24 +308,39 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
         return message.pop("__asgi_channel__", process_channel), message
 
     async def group_send(self, group: str, message: dict) -> None:
-        """channels-redis's `group_send` in two round trips instead of four (`group_send_many`)."""
+        """channels-redis's `group_send` in one round trip instead of four (`group_send_many`)."""
         await self.group_send_many([(group, message)])
 
     async def group_send_many(
         self, sends: list[tuple[str, dict]], drop: Collection[str] = ()
     ) -> None:
-        """Several group messages in two round trips per Redis shard, however many there are;
-        the groups in `drop` are deleted once their members are read (ended logins' groups).
+        """Several group messages, however many, in one round trip on one Redis and two per
+        shard on several; the groups in `drop` are deleted once their members are read (ended
+        logins' groups).
 
-        First, per shard of the groups, one pipeline drops each group's expired members and reads
-        the rest. Then, per shard of the messages, one script (by its SHA, not its text) drops
-        each message key's expired messages and adds the new one where the key has room
-        (`_GROUP_SEND_LUA`). The keys and the messages are made by channels-redis's own
-        `_map_channel_keys_to_connection`: one message per process and group, naming its
-        sockets. channels-redis took four round trips per group; a logout (its login's message,
-        the sessions pages' notice, the group's deletion) had taken five."""
+        On one Redis, one script does it all (`_GROUP_SEND_ONE_TRIP_LUA`): once its request is
+        written, Redis delivers, whatever this process does next. With two round trips, the
+        second waited for this process to read the first reply: when twenty logouts arrived at
+        once, their messages to the other processes went out only as the requests' own work
+        let the event loop through, 20 to 480 ms after their logouts had begun
+        (docs/performance.md, "A group message in one round trip").
+
+        On several shards, first, per shard of the groups, one pipeline drops each group's
+        expired members and reads the rest. Then, per shard of the messages, one script (by its
+        SHA, not its text) drops each message key's expired messages and adds the new one where
+        the key has room (`_GROUP_SEND_LUA`). The keys and the messages are made by
+        channels-redis's own `_map_channel_keys_to_connection`: one message per process and
+        group, naming its sockets. channels-redis took four round trips per group; a logout
+        (its login's message, the sessions pages' notice, the group's deletion) had taken five."""
         groups = [group for group, _ in sends]
         expired = int(time.time()) - self.group_expiry
+        if self._in_one_script():
+            keys = [key for keys in _keys_by_shard(self, [*groups, *drop]).values() for key in keys]
+            args = [self.prefix, time.time(), expired, self.expiry, self.capacity]
+            script = self.connection(0).register_script(_GROUP_SEND_ONE_TRIP_LUA)
+            over_capacity = await script(keys=keys, args=args + self._heads(sends))
+            self._log_over_capacity(over_capacity, groups)
+            return
         members: dict[str, list[bytes]] = {}
         for index, keys in _keys_by_shard(self, list(dict.fromkeys([*groups, *drop]))).items():
             async with self.connection(index).pipeline(transaction=False) as pipe:
@@ -303,13 +368,36 @@ class BlockingPoolRedisChannelLayer(RedisChannelLayer):
             script = self.connection(index).register_script(_GROUP_SEND_LUA)
             args = [*shard_messages, *shard_capacities, time.time(), self.expiry]
             over_capacity = await script(keys=keys, args=args)
-            if over_capacity:
-                logger.info(
-                    "%s of %s process channels over capacity in groups %s",
-                    over_capacity,
-                    len(keys),
-                    ", ".join(groups),
-                )
+            self._log_over_capacity(over_capacity, groups)
+
+    def _in_one_script(self) -> bool:
+        """Whether `group_send_many` can be one script: every key on one Redis, and messages in
+        channels-redis's default format (msgpack, not encrypted) with one capacity for all."""
+        serializer = self._serializer
+        return (
+            self.ring_size == 1
+            and not self.channel_capacity
+            and isinstance(serializer, MsgPackSerializer)
+            and serializer.crypter is None
+        )
+
+    def _heads(self, sends: list[tuple[str, dict]]) -> list[bytes]:
+        """Each message serialized as channels-redis does it (its random prefix, then msgpack)
+        with its channel list left off: the map's last key, `__asgi_channel__`, packed with a nil
+        value that is then cut, for the script to append each process's channels."""
+        heads = []
+        for _, message in sends:
+            packed = self.serialize({**message, "__asgi_channel__": None})
+            assert packed.endswith(b"\xc0"), "msgpack packs None as 0xc0"
+            heads.append(packed[:-1])
+        return heads
+
+    @staticmethod
+    def _log_over_capacity(over_capacity: int, groups: list[str]) -> None:
+        if over_capacity:
+            logger.info(
+                "%s process channels over capacity in groups %s", over_capacity, ", ".join(groups)
+            )
 
     async def _wait_for_redis(self) -> None:
         if self._redis_back is None:
@@ -516,7 +604,7 @@ class _Joins(_Batch):
 
 async def send_to_groups(layer, sends: list[tuple[str, dict]], drop: Collection[str] = ()) -> None:
     """A message to each of several groups, then the groups in `drop` deleted (ended logins'):
-    on the project's Redis layer in two round trips (`group_send_many`)."""
+    on the project's Redis layer in one round trip (`group_send_many`)."""
     if isinstance(layer, BlockingPoolRedisChannelLayer):
         await layer.group_send_many(sends, drop)
         return

@@ -154,7 +154,7 @@ class LoginWatcher:
     def tabs_changed(self, user_id: int) -> None:
         """Runs when a socket of the user's joins or leaves a login: one notice per user per
         `TABS_NOTICE_DELAY`, however many tabs come and go meanwhile, and the notices of every
-        user pending then in one go (two round trips to Redis, not two per user: while tabs
+        user pending then in one go (one round trip to Redis, not two per user: while tabs
         connect, a notice per user had taken a twentieth of the event loop, py-spy)."""
         if not self._tab_notices:
             asyncio.get_running_loop().call_later(TABS_NOTICE_DELAY, self._notify_tabs)

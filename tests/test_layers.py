@@ -17,6 +17,7 @@ from accounts.logins import end_user_logins
 from asgi_project.asgi import application
 from realtime.layers import (
     REDIS_DOWN,
+    BlockingPoolRedisChannelLayer,
     ChannelQueue,
     add_to_groups,
     discard_from_groups,
@@ -192,7 +193,7 @@ async def test_new_connections_do_not_read_package_metadata(private_layer, monke
     assert lookups == ["redis"]
 
 
-async def test_a_group_message_takes_two_round_trips_to_send_and_one_to_receive(
+async def test_a_group_message_takes_one_round_trip_to_send_and_one_to_receive(
     private_layer, redis_sends
 ):
     """channels-redis took four to send (expired members, members, expired messages, the
@@ -212,57 +213,73 @@ async def test_a_group_message_takes_two_round_trips_to_send_and_one_to_receive(
     assert await send_and_receive({"type": "first"}) == [{"type": "first"}] * 3  # loads the script
     redis_sends.clear()
     assert await send_and_receive({"type": "second"}) == [{"type": "second"}] * 3
-    assert len(redis_sends) == 3, redis_sends  # a pipeline, the script by SHA, the next BZPOPMIN
+    assert len(redis_sends) == 2, redis_sends  # the script by SHA, the next BZPOPMIN
 
 
-async def test_messages_to_several_groups_take_the_same_two_round_trips(private_layer, redis_sends):
+def layer_on(shards: int, url: str, **config) -> BlockingPoolRedisChannelLayer:
+    """A layer on one Redis, or sharded over `shards` of its databases (channels-redis hashes
+    each group and process channel to one of them)."""
+    base = url.rsplit("/", 1)[0]
+    hosts = [{"address": f"{base}/{n}", "socket_timeout": None} for n in range(shards)]
+    return BlockingPoolRedisChannelLayer(hosts=hosts, **config)
+
+
+# A group message's round trips: one script on one Redis; on two shards, per shard a pipeline
+# (the members, the deletions) and a script.
+@pytest.mark.parametrize(("shards", "round_trips"), [(1, 1), (2, 4)], ids=["one Redis", "sharded"])
+async def test_messages_to_several_groups_share_the_round_trips_of_one(
+    private_redis, redis_sends, shards, round_trips
+):
     """A logout's sends (its login's message, the sessions pages' notice) and the ended group's
-    deletion share the round trips of one group message."""
-    login, other = await private_layer.new_channel(), await private_layer.new_channel()
-    await add_to_groups(private_layer, ["test.many.login", "test.many.user"], login)
-    await add_to_groups(private_layer, ["test.many.user"], other)
-    warm = await private_layer.new_channel()
-    await add_to_groups(private_layer, ["test.many.warm"], warm)
-    await private_layer.group_send("test.many.warm", {"type": "loads the script"})
+    deletion share the round trips of one group message, and each process gets one message per
+    group naming its members there."""
+    layer, other_process = (layer_on(shards, private_redis.url) for _ in range(2))
+    login, other = await layer.new_channel(), await layer.new_channel()
+    await add_to_groups(layer, ["test.many.login", "test.many.user"], login)
+    await add_to_groups(layer, ["test.many.user"], other)
+    elsewhere = [await other_process.new_channel() for _ in range(20)]  # a list of 16 and more
+    for channel in elsewhere:
+        await add_to_groups(other_process, ["test.many.login"], channel)
+    warm = await layer.new_channel()
+    await add_to_groups(layer, ["test.many.warm"], warm)
+    await layer.group_send("test.many.warm", {"type": "loads the script"})
     redis_sends.clear()
-    await private_layer.group_send_many(
+    logout = {"type": "logout", "reason": "logout", "at": 1.5, "bytes": b"\x00\xc0"}
+    await layer.group_send_many(
         [
-            ("test.many.login", {"type": "logout"}),
+            ("test.many.login", logout),
             ("test.many.user", {"type": "sessions"}),
             ("test.many.nobody", {"type": "lost"}),
         ],
         drop=["test.many.login"],
     )
-    assert len(redis_sends) == 2, redis_sends  # the members (and the deletion), the script
-    got = [await asyncio.wait_for(private_layer.receive(login), 5) for _ in range(2)]
-    assert sorted(message["type"] for message in got) == ["logout", "sessions"]
-    assert await asyncio.wait_for(private_layer.receive(other), 5) == {"type": "sessions"}
-    assert await group_sizes(private_layer, ["test.many.login", "test.many.user"]) == [0, 2]
+    assert len(redis_sends) == round_trips, redis_sends
+    got = [await asyncio.wait_for(layer.receive(login), 5) for _ in range(2)]
+    assert sorted(got, key=lambda m: m["type"]) == [logout, {"type": "sessions"}]
+    assert await asyncio.wait_for(layer.receive(other), 5) == {"type": "sessions"}
+    for channel in elsewhere:
+        assert await asyncio.wait_for(other_process.receive(channel), 5) == logout
+    assert await group_sizes(layer, ["test.many.login", "test.many.user"]) == [0, 2]
 
 
+@pytest.mark.parametrize("shards", [1, 2], ids=["one Redis", "sharded"])
 async def test_a_group_message_skips_a_full_channel_and_drops_expired_messages(
-    settings, private_redis
+    private_redis, shards
 ):
-    """channels-redis's rules, kept in the one script: a process channel holding `capacity`
+    """channels-redis's rules, kept in the scripts: a process channel holding `capacity`
     messages gets no more (its reader has stopped), and messages past `expiry` go first."""
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": LIVE_LAYER,
-            "CONFIG": {"hosts": [{"address": private_redis.url}], "capacity": 2, "expiry": 60},
-        }
-    }
-    layer = get_channel_layer()
+    layer = layer_on(shards, private_redis.url, capacity=2, expiry=60)
     channel = await layer.new_channel()  # no receive: nobody reads the process's channel
     await add_to_groups(layer, ["test.full"], channel)
     key = layer.prefix + layer.non_local_name(channel)
-    redis = private_redis.client()
-    redis.zadd(key, {b"expired": 1.0})  # sent in 1970
+    redis = layer.connection(layer.consistent_hash(layer.non_local_name(channel)))
+    await redis.zadd(key, {b"expired": 1.0})  # sent in 1970
     for n in range(4):
         await layer.group_send("test.full", {"type": "test", "n": n})
-    held = [layer.deserialize(m) for m in redis.zrange(key, 0, -1) if m != b"expired"]
-    assert b"expired" not in redis.zrange(key, 0, -1)
-    assert [m["n"] for m in held] == [0, 1]  # the first two; the channel was full after them
-    assert 0 < redis.ttl(key) <= 60
+    messages = await redis.zrange(key, 0, -1)
+    assert b"expired" not in messages
+    assert [layer.deserialize(m)["n"] for m in messages] == [0, 1]  # the channel was full after
+    assert 0 < await redis.ttl(key) <= 60
 
 
 class InputQueue(ChannelQueue):
