@@ -34,6 +34,8 @@ PING_INTERVAL = re.search(r"--ping-interval (\d+)", (ROOT / "Procfile").read_tex
 
 FULL = {
     "storm": {"sessions": 20, "tabs": 1000, "in_flight": 50},
+    # The rows the storm's targets compare (the reference, one process, two): three storms each.
+    "storm_repeated": {"sessions": 20, "tabs": 1000, "in_flight": 50, "repeats": 3},
     "single": {
         "background_sessions": 20,
         "background": 10000,
@@ -56,6 +58,7 @@ FULL = {
 }
 SMOKE = {
     "storm": {"sessions": 4, "tabs": 40, "in_flight": 10},
+    "storm_repeated": {"sessions": 4, "tabs": 40, "in_flight": 10, "repeats": 2},
     "single": {
         "background_sessions": 2,
         "background": 20,
@@ -284,7 +287,7 @@ def measure_row(name: str, kind: str, start, scenarios: list[str], plan: dict) -
         }
         row: dict = {"name": name}
         for scenario in scenarios:
-            key = "single" if scenario.startswith("single") else scenario
+            key = scenario.split("_")[0]  # single_small runs single, storm_repeated storm
             print(f"  {name}: {scenario}", flush=True)
             row.update(run_client(target, key, plan[scenario], servers))
         return row
@@ -399,14 +402,14 @@ def main() -> None:
     tokens_file = Path(tempfile.mkdtemp()) / "sessions.json"
     tokens_file.write_text(json.dumps({t: f"bench{i}" for i, t in enumerate(TOKENS)}))
 
-    main_set = ["storm", "single", "fanout", "everywhere", "auth"]
+    main_set = ["storm_repeated", "single", "fanout", "everywhere", "auth"]
     small_set = ["storm", "single_small", "auth"]
     rows = [
         measure_row(
             "websockets (reference)",
             "reference",
             lambda: [reference(tokens_file)],
-            ["storm", "single", "fanout", "everywhere"],
+            ["storm_repeated", "single", "fanout", "everywhere"],
             plan,
         ),
         measure_row(
@@ -420,7 +423,7 @@ def main() -> None:
             "2× Daphne, cached_db",
             "django",
             lambda: [daphne(env["cached_db"]), daphne(env["cached_db"])],
-            ["storm", "single_small"],
+            ["storm_repeated", "single_small"],
             plan,
         ),
         # Daphne's own floor: an app that only accepts and sends the status (bench/floor_app.py).
