@@ -16,6 +16,7 @@ import shutil
 
 import pytest
 from channels.layers import channel_layers
+from django.db import connections
 
 from tests.helpers import ORIGIN, open_status_socket
 from tests.live import (
@@ -38,6 +39,25 @@ def require(available: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: a missing dependency is a failure, not a skip)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's; at the end, before it drops a PostgreSQL test database, every other
+    connection to it is closed: the pool's (settings) and those that threads of this process
+    (Channels' database thread, the connect threads) still hold. They kept the database in use,
+    and its drop failed with a warning ("being accessed by other users"), leaving it behind."""
+    yield
+    with django_db_blocker.unblock():
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            connection.close()
+            connection.close_pool()
 
 
 @pytest.fixture(autouse=True)
