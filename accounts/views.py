@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 from django.contrib import messages
 from django.contrib.auth import logout
@@ -14,11 +15,27 @@ from django.views.decorators.http import require_POST
 from accounts.forms import LoginForm, SessionExpiryForm, SessionKeyForm, SessionSetForm
 from realtime.groups import BROWSER_SESSION_KEY
 
+# Login attempts that run at once in a process (`SessionLoginView.post`). The database pool holds
+# 8 connections (settings), the connect threads take up to 4 (realtime.auth.CONNECT_THREADS) and
+# the login watcher's checks 1: this leaves the rest of the pool's connections to the other views.
+LOGINS_AT_ONCE = 3
+_login_slots = threading.BoundedSemaphore(LOGINS_AT_ONCE)
+
 
 class SessionLoginView(LoginView):
     """Django's login view; "Keep me signed in" decides how long the session lives."""
 
     form_class = LoginForm
+
+    def post(self, request, *args, **kwargs):
+        """Django's, `LOGINS_AT_ONCE` at a time per process. An attempt holds a pooled database
+        connection from django-axes' lockout check, through the password hash (a third of a
+        second of a core), to its end: 60 attempts at once on one core kept the pool's
+        connections past its 10 s timeout, and 28 of them answered 500 (docs/reliability.md).
+        The others wait here, each on its request's own thread, holding no connection; the
+        hashes on one core take as long either way."""
+        with _login_slots:
+            return super().post(request, *args, **kwargs)
 
     def form_valid(self, form: LoginForm) -> HttpResponse:
         response = super().form_valid(form)  # logs in: new session key, new login id

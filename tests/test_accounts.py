@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from django.conf import settings
+from django.contrib.auth.hashers import MD5PasswordHasher
+from django.db import connections
 from django.test import Client
+
+from accounts.views import LOGINS_AT_ONCE
 
 pytestmark = pytest.mark.django_db
 
@@ -138,3 +146,47 @@ def test_login_required_pages_are_marked_for_the_client(client, alice):
     client.force_login(alice)
     assert b"data-login-required" in client.get("/accounts/password_change/").content
     assert b"data-login-required" not in client.get("/").content
+
+
+class SlowHasher(MD5PasswordHasher):
+    """A password check that takes 0.2 s, as the production hasher's takes a third of a second,
+    and counts how many run at once."""
+
+    algorithm = "slow_md5"
+    lock = threading.Lock()
+    running = most = 0
+
+    def verify(self, password: str, encoded: str) -> bool:
+        with self.lock:
+            SlowHasher.running += 1
+            SlowHasher.most = max(SlowHasher.most, SlowHasher.running)
+        try:
+            time.sleep(0.2)
+            return super().verify(password, encoded)
+        finally:
+            with self.lock:
+                SlowHasher.running -= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_logins_checks_a_few_passwords_at_a_time_and_all_succeed(
+    settings, django_user_model
+):
+    """A login holds a pooled database connection through its password check: with every
+    attempt of a burst at once, the pool ran dry and later ones answered 500."""
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.SlowHasher"]
+    burst = LOGINS_AT_ONCE + 5
+    for n in range(burst):
+        django_user_model.objects.create_user(f"burst{n}", password="burst-pass-1234")
+
+    def log_in(n: int) -> int:
+        try:
+            data = {"username": f"burst{n}", "password": "burst-pass-1234"}
+            return Client().post(LOGIN, data).status_code
+        finally:
+            connections.close_all()  # this thread's
+
+    with ThreadPoolExecutor(burst) as threads:
+        codes = list(threads.map(log_in, range(burst)))
+    assert codes == [302] * burst
+    assert SlowHasher.most == LOGINS_AT_ONCE
