@@ -12,6 +12,8 @@ from django.db import connection
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 
+from accounts.models import Login
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ENGINES = ["accounts.session_engines.db", "accounts.session_engines.cached_db"]
@@ -134,3 +136,30 @@ def test_the_deletes_open_no_transaction(alice, settings, engine):
 
     assert logout == [False]
     assert everywhere == [False, False]  # the other sessions together, then the logout's flush
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_cycled_key_moves_its_login_before_the_old_key_goes(alice, settings, engine):
+    """A password change cycles the session key; a login watcher checking in between must find
+    the login's session, under its old key or its new one, never neither."""
+    settings.SESSION_ENGINE = engine
+    store = import_module(engine).SessionStore
+    client = Client()
+    client.post("/accounts/login/", {"username": "alice", "password": "alice-pass-1234"})
+    old_key = client.cookies["sessionid"].value
+    login = Login.objects.get(session_key=old_key)
+    named_when_deleted = []
+    real_delete = store.delete
+
+    def delete(self, session_key=None):
+        named_when_deleted.append(Login.objects.get(id=login.id).session_key)
+        real_delete(self, session_key)
+
+    session = store(old_key)
+    session.load()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "delete", delete)
+        session.cycle_key()
+    assert named_when_deleted == [session.session_key] != [old_key]
+    assert store().exists(session.session_key) and not store().exists(old_key)
+    assert Login.objects.get(id=login.id).session_key == session.session_key

@@ -6,6 +6,29 @@ from django.db import connections, router
 
 
 class SessionStore(db.SessionStore):
+    def cycle_key(self):
+        """Django's (the data saved under a new key, then the old key deleted), with the login
+        that names the old key moved to the new one in between.
+
+        A password change cycles the key (`update_session_auth_hash`), and the login's row
+        followed only at the end of the request (accounts/middleware.py): a login watcher that
+        checked the session in that gap found it gone and ended a login that lives on
+        (`session_ended` to the tabs of the browser that changed its password). Now the row names
+        a session that exists at every moment."""
+        from accounts.models import Login  # the engine is imported before the apps are ready
+
+        data, old_key = self._session, self.session_key
+        self.create()
+        self._session_cache = data
+        if old_key:
+            Login.objects.filter(session_key=old_key, ended_at__isnull=True).update(
+                session_key=self.session_key
+            )
+            self.delete(old_key)
+
+    async def acycle_key(self):
+        await sync_to_async(self.cycle_key)()
+
     def delete(self, session_key=None):
         key = session_key if session_key is not None else self.session_key
         if key is not None:
