@@ -59,6 +59,8 @@ class Target:
         self.headers = {"X-Forwarded-Proto": "https", "Referer": referer}
         self.http = httpx.AsyncClient(base_url=self.http_url or "http://127.0.0.1", timeout=60)
         self.control: ClientConnection | None = None
+        # The row's lone process, beside its pair (`storms_in_turn`): a target of its own.
+        self.alone = Target(spec["alone"]) if spec.get("alone") else None
 
     async def _request(self, method: str, path: str, jar: dict, **kwargs) -> httpx.Response:
         """One request carrying exactly `jar`'s cookies; cookies it sets go back into `jar`."""
@@ -213,6 +215,29 @@ async def storm_once(target: Target, p: dict, *, pauses: bool) -> dict:
     return {"handshakes_per_s": rate, "storm": storm_summary}
 
 
+async def storms_in_turn(target: Target, p: dict) -> dict:
+    """`repeats` storms on the two processes (`target`) and as many on the lone one
+    (`target.alone`), in turn, with the order swapped every round: each pair of storms ran minutes
+    apart when they were separate rows, and one storm's p99 varies by half from run to run, so
+    their ratio did too. The verdict is the median of the rounds' ratios (`two_over_one`). The
+    two processes' figures are as in `storm`; memory is read in their first storm."""
+    two, one = [], []
+    for n in range(p["repeats"]):
+        order = [(two, target), (one, target.alone)]
+        for runs, side in order if n % 2 == 0 else order[::-1]:
+            runs.append(await storm_once(side, p, pauses=n == 0 and side is target))
+    ratios = [a["storm"]["p99_ms"] / b["storm"]["p99_ms"] for a, b in zip(two, one, strict=True)]
+    median_run = sorted(two, key=lambda run: run["storm"]["p99_ms"])[len(two) // 2]
+    return {
+        **median_run,
+        "handshakes_per_s": statistics.median(run["handshakes_per_s"] for run in two),
+        "storm_p99s_ms": [run["storm"]["p99_ms"] for run in two],
+        "one_process_storm_p99s_ms": [run["storm"]["p99_ms"] for run in one],
+        "two_over_one_each": ratios,
+        "two_over_one": statistics.median(ratios),
+    }
+
+
 async def handshakes(target: Target, p: dict) -> dict:
     """T tabs: the handshake rate and, with the tabs idle, a pause for memory (the floor rows,
     whose server knows no sessions)."""
@@ -300,6 +325,7 @@ async def main() -> None:
     target = Target(spec["target"])
     scenario = {
         "storm": storm,
+        "storms_in_turn": storms_in_turn,
         "handshakes": handshakes,
         "single": single,
         "fanout": fanout,

@@ -36,6 +36,8 @@ FULL = {
     "storm": {"sessions": 20, "tabs": 1000, "in_flight": 50},
     # The rows the storm's targets compare (the reference, one process, two): three storms each.
     "storm_repeated": {"sessions": 20, "tabs": 1000, "in_flight": 50, "repeats": 3},
+    # Two processes against one: three storms on each, in turn (bench/load.py `storms_in_turn`).
+    "storms_in_turn": {"sessions": 20, "tabs": 1000, "in_flight": 50, "repeats": 3},
     "single": {
         "background_sessions": 20,
         "background": 10000,
@@ -59,6 +61,7 @@ FULL = {
 SMOKE = {
     "storm": {"sessions": 4, "tabs": 40, "in_flight": 10},
     "storm_repeated": {"sessions": 4, "tabs": 40, "in_flight": 10, "repeats": 2},
+    "storms_in_turn": {"sessions": 4, "tabs": 40, "in_flight": 10, "repeats": 2},
     "single": {
         "background_sessions": 2,
         "background": 20,
@@ -274,25 +277,39 @@ def run_client(target: dict, scenario: str, params: dict, servers: list[Server])
     return result
 
 
-def measure_row(name: str, kind: str, start, scenarios: list[str], plan: dict) -> dict:
-    """Start the row's servers fresh, run its scenarios, stop them."""
+def target_spec(kind: str, servers: list[Server]) -> dict:
+    """What the load client needs of a target: its sockets' URLs, one per process, and the first
+    process's for HTTP."""
+    return {
+        "kind": kind,
+        "ws_urls": [f"ws://127.0.0.1:{s.port}/ws/status/" for s in servers],
+        "http_url": f"http://127.0.0.1:{servers[0].port}",
+        "tokens": TOKENS,
+    }
+
+
+# The plan's entries that run another scenario with other numbers.
+SCENARIO_OF = {"single_small": "single", "storm_repeated": "storm"}
+
+
+def measure_row(name: str, kind: str, start, scenarios: list[str], plan: dict, alone=None) -> dict:
+    """Start the row's servers fresh, run its scenarios, stop them. `alone` starts one more
+    process beside them, a target of its own (`storms_in_turn`); its memory is not the row's."""
     servers = start()
+    lone = [alone()] if alone else []
     try:
-        warm_up(servers, kind)
-        target = {
-            "kind": kind,
-            "ws_urls": [f"ws://127.0.0.1:{s.port}/ws/status/" for s in servers],
-            "http_url": f"http://127.0.0.1:{servers[0].port}",
-            "tokens": TOKENS,
-        }
+        warm_up(servers + lone, kind)
+        target = target_spec(kind, servers)
+        if lone:
+            target["alone"] = target_spec(kind, lone)
         row: dict = {"name": name}
         for scenario in scenarios:
-            key = scenario.split("_")[0]  # single_small runs single, storm_repeated storm
             print(f"  {name}: {scenario}", flush=True)
+            key = SCENARIO_OF.get(scenario, scenario)
             row.update(run_client(target, key, plan[scenario], servers))
         return row
     finally:
-        for server in servers:
+        for server in servers + lone:
             server.stop()
 
 
@@ -336,6 +353,12 @@ METRICS = [
         "logout everywhere, 100 x 10 tabs: p99 ms",
         lambda r: r.get("everywhere", {}).get("p99_ms"),
         "{:.0f}",
+        False,
+    ),
+    (
+        "two processes / one: storm p99, in turn",
+        lambda r: r.get("two_over_one"),
+        "{:.2f}",
         False,
     ),
     ("login requests/s", lambda r: r.get("logins_per_s"), "{:.1f}", True),
@@ -423,8 +446,9 @@ def main() -> None:
             "2× Daphne, cached_db",
             "django",
             lambda: [daphne(env["cached_db"]), daphne(env["cached_db"])],
-            ["storm_repeated", "single_small"],
+            ["storms_in_turn", "single_small"],
             plan,
+            alone=lambda: daphne(env["cached_db"]),
         ),
         # Daphne's own floor: an app that only accepts and sends the status (bench/floor_app.py).
         measure_row("Daphne floor, stock", "floor", lambda: [floor(False)], ["handshakes"], plan),

@@ -31,4 +31,8 @@ def test_bench_smoke_runs_every_row_and_writes_results(redis_url):
         assert row["handshakes_per_s"] > 0
         assert row["name"].startswith("Daphne floor") or row["storm"]["n"] > 0
     assert all(row["kib_per_tab"] > 0 for row in data["rows"] if "floor" in row["name"])
+    # Two processes against one: as many storms on each, taken in turn, and their ratios.
+    [pair] = [row for row in data["rows"] if row["name"].startswith("2×")]
+    assert len(pair["storm_p99s_ms"]) == len(pair["one_process_storm_p99s_ms"]) == 2
+    assert pair["two_over_one"] > 0 and len(pair["two_over_one_each"]) == 2
     assert (ROOT / "bench" / "results" / "smoke-fanout.png").stat().st_size > 0
