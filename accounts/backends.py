@@ -43,7 +43,24 @@ class LoginModelBackend(ModelBackend):
 def read_login_with_user(session, user_fields: tuple[str, ...] | None = None):
     """(True, the session's active login with its user) or (True, None) when the login is not
     active, for a session whose backend is this one; (False, None) when nothing was read (another
-    backend, no login, no user). `user_fields`: only those of the user (all by default).
+    backend, no login, no user). `user_fields`: only those of the user (all by default)."""
+    wanted = _login_to_read(session)
+    if wanted is None:
+        return False, None
+    return True, logins.active_login_with_user(*wanted, user_fields)
+
+
+def read_logins_with_users(sessions: list, user_fields: tuple[str, ...]) -> list[tuple]:
+    """`read_login_with_user` for each of many sessions (a batch of connecting sockets), the
+    logins in one query."""
+    wanted = [_login_to_read(session) for session in sessions]
+    pairs = [pair for pair in wanted if pair is not None]
+    found = iter(logins.active_logins_with_users(pairs, user_fields) if pairs else [])
+    return [(False, None) if pair is None else (True, next(found)) for pair in wanted]
+
+
+def _login_to_read(session) -> tuple[object, object] | None:
+    """(login id, user id) of a session whose backend is this one, else None.
 
     Sessions made before this backend replaced `ModelBackend` (which it extends) name
     `ModelBackend`, no longer listed, and Django would make them anonymous: they are carried over
@@ -55,12 +72,11 @@ def read_login_with_user(session, user_fields: tuple[str, ...] | None = None):
         session[BACKEND_SESSION_KEY] = backend = BACKEND_PATH
     login_id = session.get(LOGIN_ID_SESSION_KEY)
     if backend != BACKEND_PATH or backend not in enabled or not is_valid_id(login_id):
-        return False, None
+        return None
     try:
-        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        return login_id, get_user_model()._meta.pk.to_python(session[SESSION_KEY])
     except (KeyError, ValidationError):  # left to the framework's `get_user`
-        return False, None
-    return True, logins.active_login_with_user(login_id, user_id, user_fields)
+        return None
 
 
 @contextmanager

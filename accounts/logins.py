@@ -79,6 +79,10 @@ def active_login(login_id: object, user_id: object) -> Login | None:
     return _first(_active(login_id, user_id).only(*_CHECKED_FIELDS))
 
 
+# A connect's fields of its login: one timestamp, not three.
+_CONNECT_LOGIN_FIELDS = ("id", "user_id", "expires_at")
+
+
 def active_login_with_user(
     login_id: object, user_id: object, user_fields: tuple[str, ...] | None = None
 ) -> Login | None:
@@ -92,10 +96,22 @@ def active_login_with_user(
         return None
     if user_fields is None:  # a request's check: the fields `_sync_login` reads, the whole user
         login_fields, user_fields = _CHECKED_FIELDS, _all_user_fields()
-    else:  # a connect: one timestamp of the login, not three
-        login_fields = ("id", "user_id", "expires_at")
+    else:  # a connect
+        login_fields = _CONNECT_LOGIN_FIELDS
     query = _JoinedQuery.get(router.db_for_read(Login), login_fields, user_fields)
     return query.run(login_id, user_id)
+
+
+def active_logins_with_users(
+    wanted: list[tuple[object, object]], user_fields: tuple[str, ...]
+) -> list[Login | None]:
+    """`active_login_with_user` for each (login id, user id) of a batch of connecting sockets,
+    in one query: each its own objects, None where that login is not active or not that user's."""
+    ids = sorted({login_id for login_id, _ in wanted if is_valid_id(login_id)})
+    if not ids:
+        return [None] * len(wanted)
+    query = _JoinedQuery.get(router.db_for_read(Login), _CONNECT_LOGIN_FIELDS, user_fields)
+    return query.run_many(ids, wanted)
 
 
 @functools.cache
@@ -137,12 +153,20 @@ class _JoinedQuery:
             )
         login = {name: column(login_meta.get_field(name)) for name in ("id", "user", "ended_at")}
         expires_at = column(login_meta.get_field("expires_at"))
-        self.sql = (
+        select = (
             f"SELECT {', '.join(column(f) for f in self.login_fields + self.user_fields)}"
             f" FROM {quote(login_meta.db_table)} INNER JOIN {quote(user_meta.db_table)}"
             f" ON ({login['user']} = {column(user_meta.pk)})"
-            f" WHERE {login['id']} = %s AND {login['user']} = %s AND {login['ended_at']} IS NULL"
-            f" AND {expires_at} > %s LIMIT 1"
+        )
+        active = f"{login['ended_at']} IS NULL AND {expires_at} > %s"
+        self.sql = (
+            f"{select} WHERE {login['id']} = %s AND {login['user']} = %s AND {active} LIMIT 1"
+        )
+        # `run_many`: the logins of many ids, by how many (each count its own statement).
+        self.sql_many = functools.cache(
+            lambda count: (
+                f"{select} WHERE {login['id']} IN ({', '.join(['%s'] * count)}) AND {active}"
+            )
         )
 
     def run(self, login_id: str, user_id: object) -> Login | None:
@@ -155,13 +179,40 @@ class _JoinedQuery:
         with connection.cursor() as cursor:
             cursor.execute(self.sql, params)
             row = cursor.fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._login(self._converted(row, connection))
+
+    def run_many(self, ids: list[str], wanted: list[tuple[object, object]]) -> list[Login | None]:
+        """For each (login id, user id) in `wanted`, its active login with its user, or None;
+        `ids` are the valid login ids among them, each once. The login's fields must include
+        `user_id`: a row counts only for the user asked for, as `run`'s `WHERE` does."""
+        connection = connections[self.alias]
+        now = self.expires_at.get_db_prep_value(timezone.now(), connection)
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql_many(len(ids)), [*ids, now])
+            rows = cursor.fetchall()
+        id_at, user_id_at = self.login_names.index("id"), self.login_names.index("user_id")
+        found = {}
+        for row in rows:
+            values = self._converted(row, connection)
+            found[values[id_at]] = values
+        logins = []
+        for login_id, user_id in wanted:
+            values = found.get(login_id)
+            if values is None or values[user_id_at] != user_id:
+                logins.append(None)
+            else:  # objects of its own for each socket, as from `run`
+                logins.append(self._login(values))
+        return logins
+
+    def _converted(self, row, connection) -> list:
         values = []
         for value, (col, converters) in zip(row, self.converters, strict=True):
             for convert in converters:
                 value = convert(value, col, connection)
             values.append(value)
+        return values
+
+    def _login(self, values: list) -> Login:
         split = len(self.login_fields)
         login = Login.from_db(self.alias, self.login_names, values[:split])
         login.user = self.user_model.from_db(self.alias, self.user_names, values[split:])

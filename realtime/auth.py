@@ -18,28 +18,37 @@ through Channels' `get_user` and a second query.
 
 The lookups run on a few threads of their own (`CONNECT_THREADS`), not on Channels' single
 database thread: most of a lookup is waiting for the session store and the database, and on one
-thread every connecting tab waited for all the others' round trips in turn.
+thread every connecting tab waited for all the others' round trips in turn. They run in batches
+(`_ConnectBatches`): the sockets that connect in the same turn of the event loop, or while every
+connect thread is busy, are resolved together in one trip to a thread, their sessions read in one
+round trip to the session store (`load_many` of the project's session engines). A lone socket
+waits for nothing more than before; under load, each handshake costs less of the server's one
+core (docs/performance.md).
 
 When the database or the session store cannot be reached, the failure is logged and the scope is
 marked `live_unavailable`: the consumer refuses the socket cleanly (1013, try again later) instead
-of failing the handshake with a server error.
+of failing the handshake with a server error. The first failure in a batch refuses the rest of
+that batch with it, rather than each socket waiting out the same outage in turn.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import functools
 import logging
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import ParseResult, urlparse
 
 from channels.auth import AuthMiddleware, get_user
-from channels.db import DatabaseSyncToAsync
 from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import (
     get_user_model,
 )
 from django.contrib.auth.models import AnonymousUser
+from django.db import close_old_connections
 from django.http import parse_cookie
 
 from accounts import backends, logins
@@ -50,19 +59,98 @@ logger = logging.getLogger(__name__)
 # Threads that resolve connecting sockets; each holds a database connection while it works (with
 # PostgreSQL, one from the pool in settings: keep this below its `max_size`).
 CONNECT_THREADS = 4
+# The most sockets one trip to a connect thread resolves.
+CONNECT_BATCH = 32
 _connect_executor = ThreadPoolExecutor(CONNECT_THREADS, thread_name_prefix="live-connect")
 
 
-def _on_connect_threads(func):
-    """`database_sync_to_async` (old connections closed before and after), on `CONNECT_THREADS`
-    threads instead of Channels' one."""
-    return DatabaseSyncToAsync(func, thread_sensitive=False, executor=_connect_executor)
+class _ConnectBatches:
+    """`await batches(scope)`: `func(scope)` on a connect thread, or `func_many(scopes)` for a
+    batch of it and the other scopes waiting (see the module's docstring); `func` stays callable
+    as `batches.func`.
+
+    Scopes queue per event loop. A flush is scheduled for the end of the loop's current turn; it
+    sends the queue to the threads in batches of up to `CONNECT_BATCH`, as long as fewer than
+    `CONNECT_THREADS` batches are out, and each batch that comes back flushes what queued
+    meanwhile. On the thread, as Channels' `database_sync_to_async` does for each call, old
+    database connections are closed before and after the batch. A socket that went away while
+    it waited (its task cancelled) is left out."""
+
+    def __init__(self, func, func_many) -> None:
+        self.func, self.func_many = func, func_many
+        self._queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def __call__(self, scope):
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _LoopQueue()
+        future = loop.create_future()
+        queue.waiting.append((scope, future))
+        if not queue.flush_scheduled:
+            queue.flush_scheduled = True
+            loop.call_soon(self._flush, loop, queue)
+        return await future
+
+    def _flush(self, loop, queue: _LoopQueue) -> None:
+        queue.flush_scheduled = False
+        while queue.waiting and queue.out < CONNECT_THREADS:
+            batch = []
+            while queue.waiting and len(batch) < CONNECT_BATCH:
+                scope, future = queue.waiting.popleft()
+                if not future.done():
+                    batch.append((scope, future))
+            if not batch:
+                continue
+            try:
+                done = _connect_executor.submit(self._run, [scope for scope, _ in batch])
+            except RuntimeError as error:  # the threads have shut down (the process is exiting)
+                for _, future in batch:
+                    future.set_exception(error)
+                continue
+            queue.out += 1
+            done.add_done_callback(functools.partial(self._back, loop, queue, batch))
+
+    def _run(self, scopes: list) -> list:
+        """On a connect thread: each scope's result, or the batch's first failure."""
+        close_old_connections()
+        try:
+            return self.func_many(scopes) if len(scopes) > 1 else [self.func(scopes[0])]
+        finally:
+            close_old_connections()
+
+    def _back(self, loop, queue: _LoopQueue, batch: list, done) -> None:
+        """On the connect thread, as the batch ends: hand its results to the loop."""
+        try:
+            loop.call_soon_threadsafe(self._deliver, loop, queue, batch, done)
+        except RuntimeError:  # the loop has closed: no socket waits any more
+            pass
+
+    def _deliver(self, loop, queue: _LoopQueue, batch: list, done) -> None:
+        queue.out -= 1
+        error = done.exception()
+        for index, (_, future) in enumerate(batch):
+            if future.done():  # cancelled while its batch ran
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result()[index])
+        self._flush(loop, queue)
 
 
-@_on_connect_threads
-def _resolve(scope):
+class _LoopQueue:
+    def __init__(self) -> None:
+        self.waiting: collections.deque = collections.deque()
+        self.flush_scheduled = False
+        self.out = 0  # batches on the threads
+
+
+def _resolve_scope(scope, read=None):
+    """(user, login) of one socket; `read`: its login as `read_login_with_user` returns it, when
+    read already."""
     session = scope["session"]
-    read, login = backends.read_login_with_user(session, _user_fields())
+    read, login = read or backends.read_login_with_user(session, _user_fields())
     with backends.user_already_read(login.user if login is not None else None):
         user = get_user.func(scope)  # Channels' own, undecorated: on a database thread already
     if not user.is_authenticated:
@@ -70,6 +158,20 @@ def _resolve(scope):
     if not read:  # a backend other than LoginModelBackend: the login in a query of its own
         login = logins.active_login(session.get(LOGIN_ID_SESSION_KEY), user.pk)
     return (user, login) if login is not None else (AnonymousUser(), None)
+
+
+def _resolve_scopes(scopes: list) -> list:
+    """`_resolve_scope` for each of a batch: the sessions in one read of the store (where the
+    engine has `load_many`), the logins in one query."""
+    sessions = [scope["session"] for scope in scopes]
+    engine = type(sessions[0])
+    if hasattr(engine, "load_many") and all(type(session) is engine for session in sessions):
+        engine.load_many(sessions)
+    reads = backends.read_logins_with_users(sessions, _user_fields())
+    return [_resolve_scope(scope, read) for scope, read in zip(scopes, reads, strict=True)]
+
+
+_resolve = _ConnectBatches(_resolve_scope, _resolve_scopes)
 
 
 @functools.cache

@@ -171,3 +171,129 @@ async def test_only_the_status_path_is_served(alice, path, root_path, opens):
         assert connected is opens
     finally:
         await communicator.disconnect()
+
+
+# --- Connects in batches (`_ConnectBatches`) -----------------------------------------------------
+
+
+def batch_of_scopes(alice, bob, django_user_model) -> tuple[list[dict], list]:
+    """Scopes of sockets connecting at once, and who each should be (username or None): two tabs
+    of one session, another user's, a session whose login names another user's login, a
+    session that is gone, and no session at all."""
+    alice_client, bob_client = AsyncClient(), AsyncClient()
+    alice_client.force_login(alice)
+    bob_client.force_login(bob)
+    carol = django_user_model.objects.create_user("carol", password="carol-pass-1234")
+    mixed = AsyncClient()
+    mixed.force_login(carol)
+    mixed_session = session_store_class()(mixed.cookies["sessionid"].value)
+    bob_session = session_store_class()(bob_client.cookies["sessionid"].value)
+    mixed_session["_live_login_id"] = bob_session["_live_login_id"]  # bob's login, carol's session
+    mixed_session.save()
+    gone = AsyncClient()
+    gone.force_login(carol)
+    session_store_class()(gone.cookies["sessionid"].value).delete()
+    scopes = [
+        session_scope(alice_client),
+        session_scope(alice_client),
+        session_scope(bob_client),
+        session_scope(mixed),
+        session_scope(gone),
+        {"session": session_store_class()(None)},
+    ]
+    return scopes, ["alice", "alice", "bob", None, None, None]
+
+
+def who(result) -> str | None:
+    user, login = result
+    if not user.is_authenticated:
+        assert login is None
+        return None
+    assert login is not None and login.user_id == user.pk
+    return user.get_username()
+
+
+@pytest.mark.parametrize(
+    ("engine", "queries"),
+    [
+        ("accounts.session_engines.db", 2),  # the sessions, then the logins
+        ("accounts.session_engines.cached_db", 1),  # the sessions from the cache, in one read
+    ],
+)
+def test_a_batch_reads_its_sessions_at_once_and_its_logins_in_one_query(
+    alice, bob, django_user_model, settings, django_assert_num_queries, engine, queries
+):
+    settings.SESSION_ENGINE = engine
+    scopes, expected = batch_of_scopes(alice, bob, django_user_model)
+    valid = [scope for scope, name in zip(scopes, expected, strict=True) if name is not None]
+    with django_assert_num_queries(queries):
+        results = _resolve.func_many(valid)
+    assert [who(result) for result in results] == ["alice", "alice", "bob"]
+    # Each socket has objects of its own, as from one socket's lookup.
+    (user1, login1), (user2, login2) = results[:2]
+    assert user1 is not user2 and login1 is not login2 and login1.pk == login2.pk
+
+
+@pytest.mark.parametrize(
+    "engine", ["accounts.session_engines.db", "accounts.session_engines.cached_db"]
+)
+def test_a_batch_decides_each_socket_as_a_lone_connect_does(
+    alice, bob, django_user_model, settings, engine
+):
+    settings.SESSION_ENGINE = engine
+    scopes, expected = batch_of_scopes(alice, bob, django_user_model)
+    alone = [
+        who(_resolve.func({"session": type(s["session"])(s["session"].session_key)}))
+        for s in scopes
+    ]
+    assert alone == expected
+    assert [who(result) for result in _resolve.func_many(scopes)] == expected
+
+
+async def test_sockets_connecting_together_are_resolved_in_one_trip(
+    alice, bob, django_user_model, monkeypatch
+):
+    scopes, expected = await database_sync_to_async(batch_of_scopes)(alice, bob, django_user_model)
+    batches = []
+    resolve_many = _resolve.func_many
+
+    def recorded(batch):
+        batches.append(len(batch))
+        return resolve_many(batch)
+
+    monkeypatch.setattr(_resolve, "func_many", recorded)
+    results = await asyncio.wait_for(asyncio.gather(*(_resolve(scope) for scope in scopes)), 10)
+    assert [who(result) for result in results] == expected
+    assert batches == [len(scopes)]
+
+
+async def test_a_socket_that_goes_away_while_waiting_is_left_out_of_its_batch(
+    alice, bob, django_user_model, monkeypatch
+):
+    scopes, _ = await database_sync_to_async(batch_of_scopes)(alice, bob, django_user_model)
+    resolved = []
+    resolve_many = _resolve.func_many
+
+    def recorded(batch):
+        resolved.extend(batch)
+        return resolve_many(batch)
+
+    monkeypatch.setattr(_resolve, "func_many", recorded)
+    tasks = [asyncio.ensure_future(_resolve(scope)) for scope in scopes[:3]]
+    await asyncio.sleep(0)  # each has queued its scope; the flush comes after this turn
+    tasks[1].cancel()
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [who(done[0]), who(done[2])] == ["alice", "bob"]
+    assert resolved == [scopes[0], scopes[2]]
+
+
+async def test_many_tabs_connecting_at_once_each_get_their_own_status(status_socket, alice, bob):
+    clients = [await logged_in_client(user) for user in (alice, bob, alice, bob, alice)]
+    cookies = [client.cookies for client in clients] + [None]
+    opened = await asyncio.wait_for(
+        asyncio.gather(*(status_socket(cookies=jar) for jar in cookies)), 10
+    )
+    names = [status["username"] for _, status in opened]
+    assert names == ["alice", "bob", "alice", "bob", "alice", None]
+    assert opened[-1][1] == ANONYMOUS

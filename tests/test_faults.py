@@ -344,6 +344,9 @@ async def test_database_unreachable_while_connecting_refuses_cleanly_and_recover
     started = time.monotonic()
     assert await close_code_of_new_socket(browser, server) == CLOSE_TRY_AGAIN
     refused_in = time.monotonic() - started
+    # Tabs connecting together (one batch of lookups, or several): each is refused the same way.
+    codes = await asyncio.gather(*(close_code_of_new_socket(browser, server) for _ in range(5)))
+    assert codes == [CLOSE_TRY_AGAIN] * 5
     assert "Exception inside application" not in server.log(tail=None)
 
     await proxy.start()  # the database is back, on the same port
