@@ -21,9 +21,10 @@ database thread: most of a lookup is waiting for the session store and the datab
 thread every connecting tab waited for all the others' round trips in turn. They run in batches
 (`_ConnectBatches`): the sockets that connect in the same turn of the event loop, or while every
 connect thread is busy, are resolved together in one trip to a thread, their sessions read in one
-round trip to the session store (`load_many` of the project's session engines). A lone socket
-waits for nothing more than before; under load, each handshake costs less of the server's one
-core (docs/performance.md).
+round trip to the session store (`load_many` of the project's session engines) and their logins
+in one query. A lone socket waits one turn of the loop longer than before, and no batch waits
+for another to fill; under load, each handshake costs a third less of the server's core
+(docs/performance.md, "Connect lookups in batches").
 
 When the database or the session store cannot be reached, the failure is logged and the scope is
 marked `live_unavailable`: the consumer refuses the socket cleanly (1013, try again later) instead
