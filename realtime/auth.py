@@ -26,10 +26,13 @@ in one query. A lone socket waits one turn of the loop longer than before, and n
 for another to fill; under load, each handshake costs a third less of the server's core
 (docs/performance.md, "Connect lookups in batches").
 
-When the database or the session store cannot be reached, the failure is logged and the scope is
-marked `live_unavailable`: the consumer refuses the socket cleanly (1013, try again later) instead
-of failing the handshake with a server error. The first failure in a batch refuses the rest of
-that batch with it, rather than each socket waiting out the same outage in turn.
+When the database or the session store cannot be reached, or the lookup takes longer than
+`CONNECT_LOOKUP_TIMEOUT`, the failure is logged and the scope is marked `live_unavailable`: the
+consumer refuses the socket cleanly (1013, try again later) instead of failing the handshake with
+a server error or leaving it to Daphne's handshake timeout. A batch's shared reads come first:
+when they fail, every socket of the batch is refused at once, rather than each waiting out the
+same outage in turn; a failure in one socket's own part (its user, its session's hash) refuses
+that one alone.
 """
 
 from __future__ import annotations
@@ -62,13 +65,18 @@ logger = logging.getLogger(__name__)
 CONNECT_THREADS = 4
 # The most sockets one trip to a connect thread resolves.
 CONNECT_BATCH = 32
+# Seconds a connecting socket waits for its lookup before it is refused with 1013: under
+# Daphne's handshake timeout (5 s, `--websocket_connect_timeout`), which would drop the socket
+# without a word; the database pool alone waits up to 10 s for a connection in an outage.
+CONNECT_LOOKUP_TIMEOUT = 4.0
 _connect_executor = ThreadPoolExecutor(CONNECT_THREADS, thread_name_prefix="live-connect")
 
 
 class _ConnectBatches:
     """`await batches(scope)`: `func(scope)` on a connect thread, or `func_many(scopes)` for a
     batch of it and the other scopes waiting (see the module's docstring); `func` stays callable
-    as `batches.func`.
+    as `batches.func`. `func_many` returns one result per scope, in order; an exception in that
+    list is raised to that scope's caller alone, one raised by `func_many` to the whole batch.
 
     Scopes queue per event loop. A flush is scheduled for the end of the loop's current turn; it
     sends the queue to the threads in batches of up to `CONNECT_BATCH`, as long as fewer than
@@ -113,7 +121,7 @@ class _ConnectBatches:
             done.add_done_callback(functools.partial(self._back, loop, queue, batch))
 
     def _run(self, scopes: list) -> list:
-        """On a connect thread: each scope's result, or the batch's first failure."""
+        """On a connect thread: each scope's result (see the class's docstring)."""
         close_old_connections()
         try:
             return self.func_many(scopes) if len(scopes) > 1 else [self.func(scopes[0])]
@@ -133,10 +141,11 @@ class _ConnectBatches:
         for index, (_, future) in enumerate(batch):
             if future.done():  # cancelled while its batch ran
                 continue
-            if error is not None:
-                future.set_exception(error)
+            result = error if error is not None else done.result()[index]
+            if isinstance(result, BaseException):
+                future.set_exception(result)
             else:
-                future.set_result(done.result()[index])
+                future.set_result(result)
         self._flush(loop, queue)
 
 
@@ -163,13 +172,20 @@ def _resolve_scope(scope, read=None):
 
 def _resolve_scopes(scopes: list) -> list:
     """`_resolve_scope` for each of a batch: the sessions in one read of the store (where the
-    engine has `load_many`), the logins in one query."""
+    engine has `load_many`), the logins in one query; those shared reads failing fail the batch,
+    one socket's own part failing gives its exception in its place."""
     sessions = [scope["session"] for scope in scopes]
     engine = type(sessions[0])
     if hasattr(engine, "load_many") and all(type(session) is engine for session in sessions):
         engine.load_many(sessions)
     reads = backends.read_logins_with_users(sessions, _user_fields())
-    return [_resolve_scope(scope, read) for scope, read in zip(scopes, reads, strict=True)]
+    results = []
+    for scope, read in zip(scopes, reads, strict=True):
+        try:
+            results.append(_resolve_scope(scope, read))
+        except Exception as error:
+            results.append(error)
+    return results
 
 
 _resolve = _ConnectBatches(_resolve_scope, _resolve_scopes)
@@ -188,11 +204,17 @@ def _user_fields() -> tuple[str, ...]:
 class LiveAuthMiddleware(AuthMiddleware):
     async def resolve_scope(self, scope) -> None:
         try:
-            scope["user"]._wrapped, scope["live_login"] = await _resolve(scope)
+            async with asyncio.timeout(CONNECT_LOOKUP_TIMEOUT):  # no task of its own, as `wait_for`
+                found = await _resolve(scope)
+        except TimeoutError:
+            logger.warning("a socket's lookup took over %s s; refused", CONNECT_LOOKUP_TIMEOUT)
         except Exception:
             logger.exception("could not resolve the user of a socket")
-            scope["user"]._wrapped, scope["live_login"] = AnonymousUser(), None
-            scope["live_unavailable"] = True
+        else:
+            scope["user"]._wrapped, scope["live_login"] = found
+            return
+        scope["user"]._wrapped, scope["live_login"] = AnonymousUser(), None
+        scope["live_unavailable"] = True
 
 
 class StatusSocketStack:

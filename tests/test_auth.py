@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth import BACKEND_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError
 from django.test import AsyncClient
 
+from accounts.backends import BACKEND_PATH
 from accounts.logins import session_store_class
 from asgi_project.asgi import application
+from realtime import auth
 from realtime.auth import _resolve
-from tests.helpers import ORIGIN, open_status_socket
+from realtime.groups import CLOSE_TRY_AGAIN
+from tests.helpers import ORIGIN, cookie_header, open_status_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -297,3 +303,63 @@ async def test_many_tabs_connecting_at_once_each_get_their_own_status(status_soc
     names = [status["username"] for _, status in opened]
     assert names == ["alice", "bob", "alice", "bob", "alice", None]
     assert opened[-1][1] == ANONYMOUS
+
+
+def broken_session_scope(login_id: str) -> dict:
+    """A session whose user id is not a user id, naming a real login."""
+    broken = session_store_class()()
+    broken.update(
+        {SESSION_KEY: "not-a-number", BACKEND_SESSION_KEY: BACKEND_PATH, "_live_login_id": login_id}
+    )
+    broken.save()
+    return {"session": session_store_class()(broken.session_key)}
+
+
+async def test_one_socket_failing_in_a_batch_fails_alone(alice, bob, django_user_model):
+    """A failure in one socket's own part of the lookup (here Channels' `get_user` raises on the
+    user id) refuses that socket, not its batch."""
+    scopes, _ = await database_sync_to_async(batch_of_scopes)(alice, bob, django_user_model)
+    login_id = await scopes[0]["session"].aget("_live_login_id")
+    batch = [scopes[0], await database_sync_to_async(broken_session_scope)(login_id), scopes[2]]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(_resolve(scope) for scope in batch), return_exceptions=True), 10
+    )
+    assert isinstance(results[1], ValidationError)
+    assert [who(results[0]), who(results[2])] == ["alice", "bob"]
+
+
+async def test_a_lookup_slower_than_its_bound_is_refused_with_try_again(
+    status_socket, alice, monkeypatch
+):
+    """While every connect thread is held up (as in an outage, where the database pool waits up
+    to 10 s for a connection), a connecting socket is refused with 1013 within
+    `CONNECT_LOOKUP_TIMEOUT`, before Daphne's handshake timeout would drop it without a word;
+    once the threads are free, the next socket opens."""
+    monkeypatch.setattr(auth, "CONNECT_LOOKUP_TIMEOUT", 0.5)
+    client = await logged_in_client(alice)
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = [
+        loop.run_in_executor(auth._connect_executor, release.wait, 10)
+        for _ in range(auth.CONNECT_THREADS)
+    ]
+    try:
+        communicator = WebsocketCommunicator(
+            application,
+            "/ws/status/",
+            headers=[(b"origin", ORIGIN), (b"cookie", cookie_header(client.cookies))],
+        )
+        started = time.monotonic()
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        assert await communicator.receive_output(timeout=5) == {
+            "type": "websocket.close",
+            "code": CLOSE_TRY_AGAIN,
+        }
+        assert time.monotonic() - started < 3
+        await communicator.disconnect()
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+    _, status = await status_socket(cookies=client.cookies)
+    assert status["username"] == "alice"
