@@ -55,7 +55,7 @@ def read_logins_with_users(sessions: list, user_fields: tuple[str, ...]) -> list
     logins in one query."""
     wanted = [_login_to_read(session) for session in sessions]
     pairs = [pair for pair in wanted if pair is not None]
-    found = iter(logins.active_logins_with_users(pairs, user_fields) if pairs else [])
+    found = iter(logins.active_logins_with_users(pairs, user_fields))
     return [(False, None) if pair is None else (True, next(found)) for pair in wanted]
 
 

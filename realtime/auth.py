@@ -112,13 +112,15 @@ class _ConnectBatches:
             if not batch:
                 continue
             try:
-                done = _connect_executor.submit(self._run, [scope for scope, _ in batch])
+                done = loop.run_in_executor(
+                    _connect_executor, self._run, [scope for scope, _ in batch]
+                )
             except RuntimeError as error:  # the threads have shut down (the process is exiting)
                 for _, future in batch:
                     future.set_exception(error)
                 continue
             queue.out += 1
-            done.add_done_callback(functools.partial(self._back, loop, queue, batch))
+            done.add_done_callback(functools.partial(self._deliver, loop, queue, batch))
 
     def _run(self, scopes: list) -> list:
         """On a connect thread: each scope's result (see the class's docstring)."""
@@ -128,20 +130,15 @@ class _ConnectBatches:
         finally:
             close_old_connections()
 
-    def _back(self, loop, queue: _LoopQueue, batch: list, done) -> None:
-        """On the connect thread, as the batch ends: hand its results to the loop."""
-        try:
-            loop.call_soon_threadsafe(self._deliver, loop, queue, batch, done)
-        except RuntimeError:  # the loop has closed: no socket waits any more
-            pass
-
-    def _deliver(self, loop, queue: _LoopQueue, batch: list, done) -> None:
+    def _deliver(self, loop, queue: _LoopQueue, batch: list, done: asyncio.Future) -> None:
+        """On the loop, as a batch comes back (asyncio brings it over from the thread, and
+        drops it if the loop has closed meanwhile)."""
         queue.out -= 1
         error = done.exception()
-        for index, (_, future) in enumerate(batch):
+        results = [error] * len(batch) if error is not None else done.result()
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # cancelled while its batch ran
                 continue
-            result = error if error is not None else done.result()[index]
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:

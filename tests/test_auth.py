@@ -256,42 +256,40 @@ def test_a_batch_decides_each_socket_as_a_lone_connect_does(
     assert [who(result) for result in _resolve.func_many(scopes)] == expected
 
 
-async def test_sockets_connecting_together_are_resolved_in_one_trip(
-    alice, bob, django_user_model, monkeypatch
-):
-    scopes, expected = await database_sync_to_async(batch_of_scopes)(alice, bob, django_user_model)
-    batches = []
+@pytest.fixture
+def batches(monkeypatch) -> list[list]:
+    """The batches `_resolve` sends to its threads (each a list of scopes), as they go."""
+    sent: list[list] = []
     resolve_many = _resolve.func_many
 
     def recorded(batch):
-        batches.append(len(batch))
+        sent.append(list(batch))
         return resolve_many(batch)
 
     monkeypatch.setattr(_resolve, "func_many", recorded)
+    return sent
+
+
+async def test_sockets_connecting_together_are_resolved_in_one_trip(
+    alice, bob, django_user_model, batches
+):
+    scopes, expected = await database_sync_to_async(batch_of_scopes)(alice, bob, django_user_model)
     results = await asyncio.wait_for(asyncio.gather(*(_resolve(scope) for scope in scopes)), 10)
     assert [who(result) for result in results] == expected
-    assert batches == [len(scopes)]
+    assert [len(batch) for batch in batches] == [len(scopes)]
 
 
 async def test_a_socket_that_goes_away_while_waiting_is_left_out_of_its_batch(
-    alice, bob, django_user_model, monkeypatch
+    alice, bob, django_user_model, batches
 ):
     scopes, _ = await database_sync_to_async(batch_of_scopes)(alice, bob, django_user_model)
-    resolved = []
-    resolve_many = _resolve.func_many
-
-    def recorded(batch):
-        resolved.extend(batch)
-        return resolve_many(batch)
-
-    monkeypatch.setattr(_resolve, "func_many", recorded)
     tasks = [asyncio.ensure_future(_resolve(scope)) for scope in scopes[:3]]
     await asyncio.sleep(0)  # each has queued its scope; the flush comes after this turn
     tasks[1].cancel()
     done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
     assert isinstance(done[1], asyncio.CancelledError)
     assert [who(done[0]), who(done[2])] == ["alice", "bob"]
-    assert resolved == [scopes[0], scopes[2]]
+    assert [scope for batch in batches for scope in batch] == [scopes[0], scopes[2]]
 
 
 async def test_many_tabs_connecting_at_once_each_get_their_own_status(status_socket, alice, bob):
