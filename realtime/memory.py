@@ -32,17 +32,19 @@ TRIM_MAX_WAIT = 30.0  # seconds from the first due close: a wave that never paus
 
 
 # Python collects its youngest generation once allocations outrun deallocations by 700 objects.
-# Every 2 s Daphne pings the sockets whose turn it is (10,000 tabs: about 1,000 pings), and each
-# burst outruns that by far before the pongs free it: the collector ran 7 times a second on an idle
-# server, each time moving the pings in flight a generation up, until every 30 to 60 s a full
-# collection walked the 1.7 million objects of 10,000 sockets for about 1.9 s, blocking the loop.
-# That was 4% of a core (gc.callbacks, 2 minutes idle). At 50,000 objects no burst reaches it:
-# the same 2 minutes collected nothing. Opening sockets still triggers it (each leaves some 170
-# objects behind, so every 300 or so), and closing waves end in a full collection (`Trimmer`).
-# The price: during a wave of connects each young collection moves some 50,000 survivors up, and
-# the middle generation's collections then take 150-320 ms with 10,000 tabs (docs/performance.md,
-# "The collector's pauses"; a middle threshold of 1 made it worse).
-GC_YOUNG_THRESHOLD = 50_000
+# Daphne used to ping every socket whose turn had come in one burst (10,000 tabs: about 1,000 pings
+# every 2 s), and each burst outran that by far before the pongs freed it: the collector ran 7
+# times a second on an idle server, each time moving the pings in flight a generation up, until
+# every 30 to 60 s a full collection walked the 1.7 million objects of 10,000 sockets for about
+# 1.9 s, blocking the loop. The threshold went to 50,000, which no burst reached. But a young
+# collection's pause grows with what it finds: with 10,000 tabs open, one that freed the cyclic
+# garbage of some 40 logins (each request and socket leaves reference cycles) held the loop for
+# 77-110 ms, and a middle one for 150-400 ms, longer than a logout takes to reach its tabs many
+# times over. Since the pings are spread over the interval (realtime/daphne_fixes.py, fix 11; 25
+# a slice at 10,000 tabs) a burst no longer reaches 5,000, and at 5,000 the young collections took
+# at most 7.5 ms and the middle ones 19.5 ms in the same test (docs/performance.md, "The
+# collector's pauses, shorter").
+GC_YOUNG_THRESHOLD = 5_000
 
 
 def tune_gc() -> None:

@@ -1,11 +1,11 @@
 """Daphne's connection checker, input queues, WebSocket writes and handshakes, its timeout checks
-and POST bodies, as realtime/daphne_fixes.py leaves them (fixes 4 to 10), on Daphne's own classes:
+and POST bodies, as realtime/daphne_fixes.py leaves them (fixes 4 to 11), on Daphne's own classes:
 the checker reaps finished applications and closes out disconnected connections as Daphne does,
 never looks at a connection with nothing to do, a WebSocket's application gets a `ChannelQueue`
 for its input, a WebSocket's write is sent at once, in order with anything still waiting, an open
 WebSocket keeps no copy of its handshake, the HTTP request it came from is let go, the timeout
-checks of a round are spread over it in slices, and a POST's body reaches the app unparsed by
-Twisted.
+checks of a round are spread over it in slices, a POST's body reaches the app unparsed by
+Twisted, and the pings of sockets that opened together are spread over the ping interval.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -351,6 +351,39 @@ def test_timeout_checks_are_spread_over_the_round_in_slices(server, connections,
     finally:
         for call in set(reactor.getDelayedCalls()) - before:
             call.cancel()
+
+
+async def test_sockets_that_open_together_are_pinged_apart(server):
+    """Daphne's first ping was due one interval after the handshake, so sockets that opened
+    together were pinged together for as long as they stayed open. Here each socket's first ping
+    is due after a random part of the interval: never later than before, spread over all of it,
+    and sent by Daphne's own check when due."""
+    from daphne.ws_protocol import WebSocketFactory
+
+    interval = server.ping_interval
+    due_in = []
+    for _ in range(40):  # opened back to back, as after a deploy
+        with on_loopback(WebSocketFactory(server, server="Daphne")) as (transport, client):
+            protocol = transport.protocol
+            protocol._raw_query_string = b""
+            protocol.dataReceived(upgrade_request())
+            protocol.serverAccept()
+            assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
+            now = time.time()
+            due_in.append(protocol.last_ping + interval - now)
+
+            protocol.check_timeouts()  # not due yet: nothing sent
+            client.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                client.recv(100)
+            protocol.last_ping = now - interval - 0.01  # due: Daphne's check pings
+            protocol.check_timeouts()
+            client.settimeout(2)
+            assert client.recv(100)[:1] == b"\x89"  # a ping frame
+            assert protocol.last_ping >= now  # the next one an interval after this one
+    assert all(-0.01 <= seconds <= interval + 0.01 for seconds in due_in)
+    # 40 uniform draws span less than half the interval with odds of about 4e-11.
+    assert max(due_in) - min(due_in) > interval / 2
 
 
 def form_post(body: bytes, content_type: str) -> bytes:
