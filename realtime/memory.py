@@ -42,8 +42,8 @@ TRIM_MAX_WAIT = 30.0  # seconds from the first due close: a wave that never paus
 # 77-110 ms, and a middle one for 150-400 ms, longer than a logout takes to reach its tabs many
 # times over. Since the pings are spread over the interval (realtime/daphne_fixes.py, fix 11; 25
 # a slice at 10,000 tabs) a burst no longer reaches 5,000, and at 5,000 the young collections took
-# at most 7.5 ms and the middle ones 19.5 ms in the same test (docs/performance.md, "The
-# collector's pauses, shorter").
+# at most 7.5 ms and the middle ones 19.5 ms in the same test (docs/performance.md, "Pings in
+# step, and the collector's pauses shorter").
 GC_YOUNG_THRESHOLD = 5_000
 
 
