@@ -18,6 +18,17 @@
   Here a request borrows an idle single-thread executor (asgiref's
   `ThreadSensitiveContext(executor=...)`) and gives it back at its end: still one request per
   thread at a time, with the threads kept from one request to the next.
+- Every request Django's handler served left reference cycles for Python's cyclic garbage
+  collector: about 180 objects a request (docs/performance.md, "Requests and closed sockets
+  freed without the collector"), each bringing the next collection, a pause of the event loop
+  for every open socket, nearer. Once the response has been sent, Daphne says the client is gone
+  (`http.disconnect`); Django's `listen_for_disconnect` raised `RequestAborted` for it, which
+  Django's handler catches and ignores, and the exception's traceback held the handler's frame,
+  with the request and the task holding the exception. Here it returns instead; the handler
+  still cancels the view if the client goes first. And the request's own attributes tie it in
+  cycles (`request.user` and `request.auser` are closures over the request, the messages storage
+  holds it): they are dropped when the response is closed, its last step, after the middleware,
+  the view and the response's sending are done with them.
 """
 
 from __future__ import annotations
@@ -74,12 +85,20 @@ class OneHopASGIHandler(ASGIHandler):
         finally:
             self.threads.give_back(executor)
 
+    async def listen_for_disconnect(self, receive):
+        """Django's, but a disconnect returns instead of raising `RequestAborted`."""
+        message = await receive()
+        if message["type"] != "http.disconnect":  # never happens (as Django's)
+            raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
+
     async def get_response_async(self, request):
         return await sync_to_async(self._start_and_respond, thread_sensitive=True)(request)
 
     def _start_and_respond(self, request):
         signals.request_started.send(sender=self.__class__, scope=request.scope)
-        return self.get_response(request)
+        response = self.get_response(request)
+        response._resource_closers.append(request.__dict__.clear)  # run by `response.close()`
+        return response
 
 
 def _send_request_started_in_the_trip() -> None:

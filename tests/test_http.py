@@ -1,14 +1,18 @@
 """The HTTP handler (asgi_project/http.py): the middleware chain and the view in one trip to a
-thread, threads kept between requests, and requests still in parallel."""
+thread, threads kept between requests, requests still in parallel, and no request left in
+reference cycles."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+from collections import Counter
 
 import pytest
 from asgiref.sync import AsyncToSync, SyncToAsync
 from channels.testing import HttpCommunicator
+from django.contrib.messages import get_messages
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_started
 from django.http import HttpResponse
@@ -31,7 +35,16 @@ def _meet(request, mine: str, other: str):
     return HttpResponse("met" if met else "alone")
 
 
-urlpatterns = [path("thread/", _thread_name), path("meet/<str:mine>/<str:other>/", _meet)]
+def _user(request):
+    list(get_messages(request))
+    return HttpResponse(str(request.user))
+
+
+urlpatterns = [
+    path("thread/", _thread_name),
+    path("meet/<str:mine>/<str:other>/", _meet),
+    path("user/", _user),
+]
 
 
 @pytest.fixture
@@ -143,3 +156,26 @@ async def test_other_handlers_still_send_request_started_themselves(test_urls, s
     OneHopASGIHandler()  # its handler is in place: it must leave every other sender alone
     await _get(ASGIHandler(), "/thread/")
     assert [(sender, path) for sender, path, _ in started] == [(ASGIHandler, "/thread/")]
+
+
+async def test_a_request_leaves_no_reference_cycles_for_the_collector(test_urls):
+    """Served as under Daphne, which says the client is gone once the body is sent: nothing of the
+    request (the request, the lazy user, the messages storage, a `RequestAborted` and its
+    traceback) is left in a cycle, for the cyclic garbage collector to find."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage, to look at
+    try:
+        communicator = HttpCommunicator(OneHopASGIHandler(), "GET", "/user/", headers=HOST)
+        response = await communicator.get_response(timeout=10)
+        await communicator.send_input({"type": "http.disconnect"})  # as Daphne does
+        await communicator.wait(timeout=5)
+        del communicator
+        gc.collect()
+        left = Counter(type(thing).__name__ for thing in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+    assert response["body"] == b"AnonymousUser"  # the view saw the user and the messages
+    kinds = ("ASGIRequest", "RequestAborted", "SimpleLazyObject", "FallbackStorage", "traceback")
+    assert {kind: left[kind] for kind in kinds if left[kind]} == {}
