@@ -1,11 +1,12 @@
 """Daphne's connection checker, input queues, WebSocket writes and handshakes, its timeout checks
-and POST bodies, as realtime/daphne_fixes.py leaves them (fixes 4 to 11), on Daphne's own classes:
+and POST bodies, as realtime/daphne_fixes.py leaves them (fixes 4 to 12), on Daphne's own classes:
 the checker reaps finished applications and closes out disconnected connections as Daphne does,
 never looks at a connection with nothing to do, a WebSocket's application gets a `ChannelQueue`
 for its input, a WebSocket's write is sent at once, in order with anything still waiting, an open
 WebSocket keeps no copy of its handshake, the HTTP request it came from is let go, the timeout
 checks of a round are spread over it in slices, a POST's body reaches the app unparsed by
-Twisted, and the pings of sockets that opened together are spread over the ping interval.
+Twisted, the pings of sockets that opened together are spread over the ping interval, and a closed
+socket is freed without the cyclic garbage collector.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -304,6 +305,39 @@ async def test_the_http_request_that_became_a_websocket_is_let_go(server):
         assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
         websocket.sendMessage(b"hi")
         assert client.recv(100) == b"\x81\x02hi"
+
+
+async def test_a_closed_websocket_is_freed_without_the_collector(server):
+    """Opened and closed over a real loopback connection: once Twisted has said the connection is
+    lost and Daphne has let go of it, reference counting alone frees the socket and what it held
+    (autobahn's `is_closed`, resolved with the socket itself, had made it a cycle)."""
+    import gc
+    import weakref
+
+    from daphne.ws_protocol import WebSocketFactory
+    from twisted.internet import error
+    from twisted.python import failure
+
+    with on_loopback(WebSocketFactory(server, server="Daphne")) as (transport, client):
+        protocol = transport.protocol
+        protocol._raw_query_string = b""  # Daphne's HTTP side sets it when it hands over
+        protocol.dataReceived(upgrade_request())
+        protocol.serverAccept()
+        assert client.recv(1000).startswith(b"HTTP/1.1 101 Switching Protocols")
+        client.close()
+        transport.connectionLost(failure.Failure(error.ConnectionDone()))  # as the reactor does
+        assert protocol.is_closed.called and protocol.state == protocol.STATE_CLOSED
+        server.connections[protocol]["application_instance"].cancel()  # the app ends
+        await settle()
+        server.application_checker()  # reaps it and forgets the connection, as every second
+        assert protocol not in server.connections
+        freed = weakref.ref(protocol)
+        gc.disable()
+        try:
+            del protocol
+            assert freed() is None
+        finally:
+            gc.enable()
 
 
 class Timed:
