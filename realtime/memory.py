@@ -5,9 +5,9 @@ Each open socket costs tens of KiB, and without this the process keeps its peak 
 things hold on to it. Python's small-object allocator keeps any 256 KiB arena that still has one
 live object, so the server runs with `PYTHONMALLOC=malloc` (Procfile) and every allocation goes
 to glibc; and glibc keeps freed memory in its heaps until `malloc_trim` returns it. A few seconds
-after most of the sockets have closed, this module runs a full garbage collection (closed sockets
-leave reference cycles that nothing else collects on an idle server) and then `malloc_trim(0)` off
-the event loop.
+after most of the sockets have closed, this module runs a full garbage collection (whatever
+cycles the wave left, and the survivors of collections while it was open, which nothing else
+collects on an idle server) and then `malloc_trim(0)` off the event loop.
 Elsewhere than glibc it does nothing.
 
 It also sets how often Python's cyclic garbage collector runs (`tune_gc`, called by
@@ -38,7 +38,7 @@ TRIM_MAX_WAIT = 30.0  # seconds from the first due close: a wave that never paus
 # every 30 to 60 s a full collection walked the 1.7 million objects of 10,000 sockets for about
 # 1.9 s, blocking the loop. The threshold went to 50,000, which no burst reached. But a young
 # collection's pause grows with what it finds: with 10,000 tabs open, one that freed the cyclic
-# garbage of some 40 logins (each request and socket leaves reference cycles) held the loop for
+# garbage of some 40 logins (each request and socket left reference cycles then) held the loop for
 # 77-110 ms, and a middle one for 150-400 ms, longer than a logout takes to reach its tabs many
 # times over. Since the pings are spread over the interval (realtime/daphne_fixes.py, fix 11; 25
 # a slice at 10,000 tabs) a burst no longer reaches 5,000, and at 5,000 the young collections took
@@ -123,7 +123,8 @@ class Trimmer:
         self._pending = None
         self.closes = 0
         self.peak = open_now  # the next trim waits for the next wave to come and go
-        # A closed socket leaves reference cycles (tasks, futures, exceptions and their frames)
-        # that only a full collection frees, and nothing triggers one on an idle server.
+        # Closed sockets no longer leave cycles (daphne_fixes, fix 12), but what the older
+        # generations hold, and any cycle an application left, only a full collection frees,
+        # and nothing triggers one on an idle server.
         gc.collect()
         loop.run_in_executor(None, _malloc_trim, 0)
