@@ -86,9 +86,10 @@ uvicorn, need none).
    Deferred), and everything it holds, about 27 objects (its transport, three Deferreds, the
    traffic stats, UTF-8 validator and masker, the input queue), stays until the cyclic garbage
    collector finds it; each closed socket also brought the next collection nearer, and with it a
-   pause of the event loop. Here, once the connection is lost and nothing waits on `is_closed`,
-   it is replaced by a Deferred resolved with `None`, and a closed socket is freed by reference
-   counting alone (a callback added later gets `None`, not the socket; nothing in Daphne adds one).
+   pause of the event loop. Here, once the connection is lost, an `is_closed` whose result is
+   still the socket is replaced by a Deferred resolved with `None`, and a closed socket is freed
+   by reference counting alone (a callback added later gets `None`, not the socket; nothing in
+   Daphne adds one).
 """
 
 from __future__ import annotations

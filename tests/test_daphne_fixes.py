@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
+import weakref
 
 import pytest
 from daphne.server import Server
@@ -280,9 +282,6 @@ async def test_the_http_request_that_became_a_websocket_is_let_go(server):
     """Through Daphne's HTTP side, as a browser's upgrade arrives, over a real loopback
     connection: once handed over, the HTTP channel is no longer the connection's producer and
     holds no request, so neither lives as long as the socket."""
-    import gc
-    import weakref
-
     from daphne.http_protocol import HTTPFactory
     from daphne.ws_protocol import WebSocketFactory
 
@@ -311,9 +310,6 @@ async def test_a_closed_websocket_is_freed_without_the_collector(server):
     """Opened and closed over a real loopback connection: once Twisted has said the connection is
     lost and Daphne has let go of it, reference counting alone frees the socket and what it held
     (autobahn's `is_closed`, resolved with the socket itself, had made it a cycle)."""
-    import gc
-    import weakref
-
     from daphne.ws_protocol import WebSocketFactory
     from twisted.internet import error
     from twisted.python import failure
