@@ -499,6 +499,12 @@ class _Batch:
 
     def _send(self) -> None:
         self.sent = True
+        # The layer forgets the batch once it is sent. Kept until the next batch replaced it, the
+        # last batch of a wave of closes held thousands of channel names and waiters, scattered
+        # among the closed sockets' freed memory, which glibc then could not give back.
+        attribute = f"_live_{type(self).__name__}"
+        if getattr(self.layer, attribute, None) is self:
+            setattr(self.layer, attribute, None)
         task = self.loop.create_task(self._run())
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 import redis.asyncio
@@ -119,6 +121,25 @@ async def test_sockets_leaving_at_once_share_one_zrem_per_group(private_layer, p
     await add_to_groups(private_layer, groups, channels[0])
     await discard_from_groups(private_layer, groups[:1], channels[0])
     assert await group_sizes(private_layer, groups) == [0, 1]
+
+
+async def test_a_batch_keeps_nothing_of_its_sockets_once_answered(private_layer):
+    """The last batch of joins or leaves held its channel names and waiters until another batch
+    came: after a wave of 10,000 closes, thousands of live objects pinned freed memory."""
+
+    class Name(str):  # a channel name that can be watched
+        pass
+
+    groups = ["test.forget.login", "test.forget.user"]
+    names = [Name(await private_layer.new_channel()) for _ in range(20)]
+    watched = [weakref.ref(name) for name in names]
+    await asyncio.gather(*(join_and_count(private_layer, groups, n) for n in names))
+    await asyncio.gather(*(discard_from_groups(private_layer, groups, n) for n in names))
+    assert await group_sizes(private_layer, groups) == [0, 0]
+    del names
+    await asyncio.sleep(0)  # the sending tasks' done callbacks
+    gc.collect()
+    assert [ref() for ref in watched] == [None] * 20
 
 
 async def test_joining_answers_how_many_live_members_each_group_has(private_layer, private_redis):
