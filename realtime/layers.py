@@ -478,18 +478,21 @@ class _Batch:
     def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
         self.layer, self.loop = layer, loop
         self.waiters: list[asyncio.Future] = []
-        self.sent = False
         loop.call_soon(self._send)  # after every operation asked for in this turn
+
+    @classmethod
+    def _open_attribute(cls) -> str:
+        """The layer's attribute holding this kind's batch until it is sent."""
+        return f"_live_{cls.__name__}"
 
     @classmethod
     def current(cls, layer: RedisChannelLayer):
         """The batch of this kind still open in this turn, or a new one."""
         loop = asyncio.get_running_loop()
-        attribute = f"_live_{cls.__name__}"
-        batch = getattr(layer, attribute, None)
-        if batch is None or batch.sent or batch.loop is not loop:
+        batch = getattr(layer, cls._open_attribute(), None)
+        if batch is None or batch.loop is not loop:
             batch = cls(layer, loop)
-            setattr(layer, attribute, batch)
+            setattr(layer, cls._open_attribute(), batch)
         return batch
 
     def _wait(self) -> asyncio.Future:
@@ -498,13 +501,12 @@ class _Batch:
         return waiter
 
     def _send(self) -> None:
-        self.sent = True
-        # The layer forgets the batch once it is sent. Kept until the next batch replaced it, the
-        # last batch of a wave of closes held thousands of channel names and waiters, scattered
-        # among the closed sockets' freed memory, which glibc then could not give back.
-        attribute = f"_live_{type(self).__name__}"
-        if getattr(self.layer, attribute, None) is self:
-            setattr(self.layer, attribute, None)
+        # The layer forgets the batch as it is sent, so later operations start a new one. Kept
+        # until the next batch replaced it, the last batch of a wave of closes held thousands of
+        # channel names and waiters, scattered among the closed sockets' freed memory, which
+        # glibc then could not give back.
+        if getattr(self.layer, self._open_attribute(), None) is self:
+            setattr(self.layer, self._open_attribute(), None)
         task = self.loop.create_task(self._run())
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
