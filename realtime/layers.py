@@ -34,6 +34,7 @@ import collections
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -43,6 +44,8 @@ from redis.asyncio import BlockingConnectionPool
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from realtime import memory
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +191,21 @@ class ChannelQueue:
             self._waiter = None
 
 
+_layers: weakref.WeakSet = weakref.WeakSet()  # every BlockingPoolRedisChannelLayer of the process
+
+
+@memory.at_trim
+def _compact_receive_buffers() -> None:
+    """After a wave of sockets, each layer's map of this process's channels is rebuilt for the
+    channels left: it kept a table sized for every socket of the wave."""
+    for layer in _layers:
+        layer.receive_buffer = memory.compacted(layer.receive_buffer)
+
+
 class BlockingPoolRedisChannelLayer(RedisChannelLayer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        _layers.add(self)
         self.receive_buffer = collections.defaultdict(
             functools.partial(ChannelQueue, self.capacity)
         )

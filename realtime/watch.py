@@ -36,7 +36,7 @@ from realtime.groups import (
     REASON_SESSION_ENDED,
 )
 from realtime.layers import REDIS_DOWN
-from realtime.memory import Trimmer
+from realtime.memory import Trimmer, at_trim, compacted
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,17 @@ def watcher() -> LoginWatcher:
 def existing_watcher() -> LoginWatcher | None:
     """The watcher of the running event loop, if a socket has made one."""
     return _watchers.get(asyncio.get_running_loop())
+
+
+@at_trim
+def _compact() -> None:
+    """After a wave of sockets, the running loop's watcher rebuilds its tables for the sockets
+    and logins left (each kept a table sized for every one of the wave)."""
+    found = existing_watcher()
+    if found is not None:
+        found.open, found.sockets, found.expires = map(
+            compacted, (found.open, found.sockets, found.expires)
+        )
 
 
 class LoginWatcher:

@@ -1,12 +1,13 @@
 """Daphne's connection checker, input queues, WebSocket writes and handshakes, its timeout checks
-and POST bodies, as realtime/daphne_fixes.py leaves them (fixes 4 to 12), on Daphne's own classes:
+and POST bodies, as realtime/daphne_fixes.py leaves them (fixes 4 to 13), on Daphne's own classes:
 the checker reaps finished applications and closes out disconnected connections as Daphne does,
 never looks at a connection with nothing to do, a WebSocket's application gets a `ChannelQueue`
 for its input, a WebSocket's write is sent at once, in order with anything still waiting, an open
 WebSocket keeps no copy of its handshake, the HTTP request it came from is let go, the timeout
 checks of a round are spread over it in slices, a POST's body reaches the app unparsed by
-Twisted, the pings of sockets that opened together are spread over the ping interval, and a closed
-socket is freed without the cyclic garbage collector.
+Twisted, the pings of sockets that opened together are spread over the ping interval, a closed
+socket is freed without the cyclic garbage collector, and the tables that held a wave of sockets
+are rebuilt for what they hold at the trim.
 
 (The other fixes are tested through real Daphne processes: close codes in test_hostile.py and
 test_live.py, shutdown in test_faults.py.)
@@ -19,7 +20,9 @@ import contextlib
 import gc
 import logging
 import socket
+import sys
 import time
+import types
 import weakref
 
 import pytest
@@ -334,6 +337,52 @@ async def test_a_closed_websocket_is_freed_without_the_collector(server):
             assert freed() is None
         finally:
             gc.enable()
+
+
+def grown_and_emptied(table: dict, keep: int) -> dict:
+    """`table` with 10,000 more entries, then all but `keep` of them gone again."""
+    for n in range(10_000):
+        table[n] = n
+    for n in range(keep, 10_000):
+        del table[n]
+    return table
+
+
+async def test_its_tables_are_rebuilt_for_what_they_hold_at_the_trim(server, monkeypatch):
+    """Fix 13: after a wave of 10,000 connections, Daphne's map of connections, the set of those
+    due for the checker, and the reactor's maps of readers and writers are rebuilt, smaller, with
+    what they still hold; the checker goes on working on the new ones."""
+    from realtime import daphne_fixes
+
+    reactor = types.SimpleNamespace(_readers=grown_and_emptied({}, 2), _writers={})
+    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", reactor)
+    kept = connect(server, "hangs")
+    wave = [connect(server, "finishes") for _ in range(10_000)]
+    await settle()
+    for protocol in wave:
+        server.protocol_disconnected(protocol)
+    server.application_checker()  # reaps the wave
+    assert list(server.connections) == [kept] and server.live_due == set()
+    before = {
+        name: (sys.getsizeof(table), table.copy())
+        for name, table in [
+            ("connections", server.connections),
+            ("live_due", server.live_due),
+            ("_readers", reactor._readers),
+        ]
+    }
+    daphne_fixes._compact_tables()
+    after = {"connections": server.connections, "live_due": server.live_due}
+    after["_readers"] = reactor._readers
+    for name, (size, entries) in before.items():
+        assert after[name] == entries, name
+        assert sys.getsizeof(after[name]) < size // 20, name
+    assert reactor._writers == {}
+    server.protocol_disconnected(kept)
+    server.connections[kept]["application_instance"].cancel()
+    await settle()
+    server.application_checker()
+    assert server.connections == {}
 
 
 class Timed:

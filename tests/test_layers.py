@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 
 import pytest
@@ -17,6 +18,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from accounts.logins import end_user_logins
 from asgi_project.asgi import application
+from realtime import layers
 from realtime.layers import (
     REDIS_DOWN,
     BlockingPoolRedisChannelLayer,
@@ -140,6 +142,24 @@ async def test_a_batch_keeps_nothing_of_its_sockets_once_answered(private_layer)
     await asyncio.sleep(0)  # the sending tasks' done callbacks
     gc.collect()
     assert [ref() for ref in watched] == [None] * 20
+
+
+async def test_the_map_of_the_processs_channels_is_rebuilt_for_those_left_at_the_trim(
+    private_layer,
+):
+    """After a wave of 10,000 sockets, the layer's `receive_buffer` keeps a table sized for all
+    of them; at the trim it is rebuilt with the channels still open, and makes queues as before."""
+    channels = [await private_layer.new_channel() for _ in range(10_000)]
+    for channel in channels[3:]:
+        private_layer.stop_delivering(channel)
+    buffer = private_layer.receive_buffer
+    size, entries = sys.getsizeof(buffer), dict(buffer)
+    layers._compact_receive_buffers()
+    assert private_layer.receive_buffer == entries and list(entries) == channels[:3]
+    assert sys.getsizeof(private_layer.receive_buffer) < size // 20
+    another = await private_layer.new_channel()
+    queue = private_layer.receive_buffer[another]
+    assert isinstance(queue, ChannelQueue) and queue.capacity == private_layer.capacity
 
 
 async def test_joining_answers_how_many_live_members_each_group_has(private_layer, private_redis):

@@ -4,14 +4,16 @@ measures what that gives back)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from realtime import memory
+from realtime import memory, watch
 
 pytestmark = pytest.mark.skipif(memory._malloc_trim is None, reason="needs glibc's malloc_trim")
 
@@ -174,3 +176,100 @@ def test_every_socket_finds_the_cache_object_made_at_startup():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "True", result.stderr
+
+
+class Looked:
+    up = 1
+
+
+async def test_the_trim_lets_go_of_the_names_of_attribute_lookups(monkeypatch):
+    """Python's cache of lookups on types keeps each name it was asked for; a name made per
+    message (as Channels makes its handler names) stays alive, scattered, until the trim."""
+    monkeypatch.setattr(memory, "_malloc_trim", lambda pad: 0)
+    name = "".join(["u", "p"])  # a new string, not the interned "up"
+    alone = sys.getrefcount(name)
+    getattr(Looked, name)
+    assert sys.getrefcount(name) > alone  # the cache holds it (for the class and its type)
+    memory.Trimmer()._trim(asyncio.get_running_loop(), 0)
+    assert sys.getrefcount(name) == alone
+
+
+async def test_the_trim_compacts_every_registered_table_even_when_one_fails(monkeypatch, caplog):
+    monkeypatch.setattr(memory, "_malloc_trim", lambda pad: 0)
+    ran = []
+
+    def broken() -> None:
+        raise AttributeError("a library's internals changed")
+
+    monkeypatch.setattr(memory, "_at_trim", [broken, lambda: ran.append(True)])
+    memory.Trimmer()._trim(asyncio.get_running_loop(), 0)
+    assert ran == [True]
+    assert "could not compact the tables of" in caplog.text and "broken" in caplog.text
+
+
+def emptied(table, keep: int = 3):
+    """`table` (a set or dict) grown to 10,000 entries, then emptied but for `keep`."""
+    for n in range(10_000):
+        if isinstance(table, dict):
+            table[f"key {n}"] = n
+        else:
+            table.add(f"key {n}")
+    for n in range(keep, 10_000):
+        (table.pop if isinstance(table, dict) else table.discard)(f"key {n}")
+    return table
+
+
+def test_a_compacted_table_keeps_its_entries_and_kind_in_a_table_sized_for_them():
+    for table in (set(), {}, collections.defaultdict(list)):
+        big = emptied(table)
+        small = memory.compacted(big)
+        assert type(small) is type(big) and small == big
+        assert sys.getsizeof(small) < sys.getsizeof(big) // 20
+    assert memory.compacted(emptied(collections.defaultdict(list)))["new"] == []
+
+
+async def test_the_event_loops_tables_are_compacted_at_the_trim():
+    loop = asyncio.get_running_loop()
+    pairs = [socket.socketpair() for _ in range(2_000)]
+    try:
+        for reader, _ in pairs:
+            loop.add_reader(reader, lambda: None)
+        for reader, _ in pairs[3:]:
+            loop.remove_reader(reader)
+        sleepers = [asyncio.create_task(asyncio.sleep(0)) for _ in range(20_000)]
+        await asyncio.gather(*sleepers)
+        del sleepers
+        for _ in range(3):  # the tasks' done callbacks run, and let go of them
+            await asyncio.sleep(0)
+        gc.collect()
+        tasks, fds = asyncio.tasks._all_tasks, loop._selector._fd_to_key
+        sizes = sys.getsizeof(tasks.data), sys.getsizeof(fds)
+        remaining, running = (set(tasks), dict(fds)), asyncio.all_tasks()
+        memory._compact_event_loop()
+        assert set(tasks) == remaining[0] and loop._selector._fd_to_key == remaining[1]
+        assert sys.getsizeof(tasks.data) < sizes[0] // 20
+        assert sys.getsizeof(loop._selector._fd_to_key) < sizes[1] // 20
+        another = asyncio.create_task(asyncio.sleep(0))  # still registered and found
+        assert asyncio.all_tasks() == running | {another}
+        await another
+    finally:
+        for reader, writer in pairs:
+            if reader.fileno() in loop._selector._fd_to_key:
+                loop.remove_reader(reader)
+            reader.close()
+            writer.close()
+
+
+async def test_the_login_watchers_tables_are_compacted_at_the_trim():
+    found = watch.watcher()
+    emptied(found.open)
+    emptied(found.sockets)
+    emptied(found.expires)
+    before = [(set(t) if isinstance(t, set) else dict(t), sys.getsizeof(t)) for t in
+              (found.open, found.sockets, found.expires)]  # fmt: skip
+    watch._compact()
+    for table, (entries, size) in zip(
+        (found.open, found.sockets, found.expires), before, strict=True
+    ):
+        assert table == entries and sys.getsizeof(table) < size // 20
+    found.open.clear(), found.sockets.clear(), found.expires.clear()
