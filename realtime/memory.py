@@ -104,20 +104,26 @@ def at_trim(function: Callable[[], None]) -> Callable[[], None]:
 
 
 def compacted(table):
-    """A copy of a dict or set (or a defaultdict) with a table sized for what it holds now."""
+    """A copy of a dict or set (or a defaultdict) with a table sized for what it holds now (a
+    dict still two-thirds full is copied at its size, which is then its right one)."""
     return copy.copy(table)
 
 
 @at_trim
 def _compact_event_loop() -> None:
-    """asyncio's set of every task (a WeakSet, shared with its C module: rebuilt in place) and
-    the running loop's map of file descriptors (in its selector)."""
-    tasks = getattr(asyncio.tasks, "_all_tasks", None)
+    """asyncio's set of every task (a WeakSet, shared with its C module: rebuilt in place;
+    `_scheduled_tasks` from Python 3.12) and the running loop's map of file descriptors (in its
+    selector). Like the other tables, these are the process's: it serves from one event loop."""
+    tasks = getattr(asyncio.tasks, "_all_tasks", getattr(asyncio.tasks, "_scheduled_tasks", None))
     if isinstance(tasks, weakref.WeakSet) and not tasks._iterating:
         tasks.data = set(tasks.data)
     selector = getattr(asyncio.get_running_loop(), "_selector", None)
     if isinstance(getattr(selector, "_fd_to_key", None), dict):
         selector._fd_to_key = compacted(selector._fd_to_key)
+
+
+# Empties that cache (and, from Python 3.13, CPython's other internal caches with it).
+_clear_type_cache = getattr(sys, "_clear_internal_caches", None) or sys._clear_type_cache
 
 
 class Trimmer:
@@ -161,12 +167,12 @@ class Trimmer:
         self._pending = None
         self.closes = 0
         self.peak = open_now  # the next trim waits for the next wave to come and go
-        # Python's cache of attribute lookups on types holds on to the name of each of its 4,096
-        # latest lookups, and a name made for each call (Channels' handler names, the channel
-        # layer's batch attributes) is a new string each time: after 10,000 tabs, 3,500 of them
-        # held pages of the freed sockets' memory that glibc could not give back
-        # (docs/performance.md, "Names and tables, let go at the trim").
-        sys._clear_type_cache()
+        # Python's cache of attribute lookups on types (4,096 entries, by a hash of the type and
+        # the name) holds on to the name in each entry, and a name made for each call (Channels'
+        # handler names, the channel layer's batch attributes) is a new string each time: after
+        # 10,000 tabs, 3,500 of them held pages of the freed sockets' memory that glibc could
+        # not give back (docs/performance.md, "Names and tables, let go at the trim").
+        _clear_type_cache()
         for compact in _at_trim:
             try:
                 compact()

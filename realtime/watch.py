@@ -67,12 +67,12 @@ def existing_watcher() -> LoginWatcher | None:
 @at_trim
 def _compact() -> None:
     """After a wave of sockets, the running loop's watcher rebuilds its tables for the sockets
-    and logins left (each kept a table sized for every one of the wave)."""
+    and logins left (each kept a table sized for every one of the wave), each login's set of
+    sockets among them."""
     found = existing_watcher()
     if found is not None:
-        found.open, found.sockets, found.expires = map(
-            compacted, (found.open, found.sockets, found.expires)
-        )
+        found.open, found.expires = compacted(found.open), compacted(found.expires)
+        found.sockets = {login: compacted(tabs) for login, tabs in found.sockets.items()}
 
 
 class LoginWatcher:
