@@ -495,19 +495,20 @@ class _Batch:
         self.waiters: list[asyncio.Future] = []
         loop.call_soon(self._send)  # after every operation asked for in this turn
 
-    @classmethod
-    def _open_attribute(cls) -> str:
-        """The layer's attribute holding this kind's batch until it is sent."""
-        return f"_live_{cls.__name__}"
+    _open_attribute: str  # the layer's attribute holding this kind's batch until it is sent
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._open_attribute = f"_live_{cls.__name__}"  # made once, not for every join or leave
 
     @classmethod
     def current(cls, layer: RedisChannelLayer):
         """The batch of this kind still open in this turn, or a new one."""
         loop = asyncio.get_running_loop()
-        batch = getattr(layer, cls._open_attribute(), None)
+        batch = getattr(layer, cls._open_attribute, None)
         if batch is None or batch.loop is not loop:
             batch = cls(layer, loop)
-            setattr(layer, cls._open_attribute(), batch)
+            setattr(layer, cls._open_attribute, batch)
         return batch
 
     def _wait(self) -> asyncio.Future:
@@ -520,8 +521,8 @@ class _Batch:
         # until the next batch replaced it, the last batch of a wave of closes held thousands of
         # channel names and waiters, scattered among the closed sockets' freed memory, which
         # glibc then could not give back.
-        if getattr(self.layer, self._open_attribute(), None) is self:
-            setattr(self.layer, self._open_attribute(), None)
+        if getattr(self.layer, self._open_attribute, None) is self:
+            setattr(self.layer, self._open_attribute, None)
         task = self.loop.create_task(self._run())
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)

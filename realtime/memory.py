@@ -116,7 +116,7 @@ def _compact_event_loop() -> None:
     selector). Like the other tables, these are the process's: it serves from one event loop."""
     tasks = getattr(asyncio.tasks, "_all_tasks", getattr(asyncio.tasks, "_scheduled_tasks", None))
     if isinstance(tasks, weakref.WeakSet) and not tasks._iterating:
-        tasks.data = set(tasks.data)
+        tasks.data = compacted(tasks.data)
     selector = getattr(asyncio.get_running_loop(), "_selector", None)
     if isinstance(getattr(selector, "_fd_to_key", None), dict):
         selector._fd_to_key = compacted(selector._fd_to_key)
@@ -169,9 +169,9 @@ class Trimmer:
         self.peak = open_now  # the next trim waits for the next wave to come and go
         # Python's cache of attribute lookups on types (4,096 entries, by a hash of the type and
         # the name) holds on to the name in each entry, and a name made for each call (Channels'
-        # handler names, the channel layer's batch attributes) is a new string each time: after
-        # 10,000 tabs, 3,500 of them held pages of the freed sockets' memory that glibc could
-        # not give back (docs/performance.md, "Names and tables, let go at the trim").
+        # handler names; the channel layer's batch attributes were too) is a new string each
+        # time: after 10,000 tabs, 3,500 of them held pages of the freed sockets' memory that
+        # glibc could not give back (docs/performance.md, "Names and tables, let go at the trim").
         _clear_type_cache()
         for compact in _at_trim:
             try:

@@ -50,3 +50,16 @@ async def assert_still_open(communicator: WebsocketCommunicator) -> None:
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.send_json_to({"type": "ping"})
     assert await communicator.receive_json_from(timeout=2) == {"type": "pong"}
+
+
+def emptied(table, keep: int = 3):
+    """`table` (a set or dict) grown to 10,000 entries, then emptied but for `keep`: a table of
+    a wave of sockets, after the wave."""
+    for n in range(10_000):
+        if isinstance(table, dict):
+            table[f"key {n}"] = n
+        else:
+            table.add(f"key {n}")
+    for n in range(keep, 10_000):
+        (table.pop if isinstance(table, dict) else table.discard)(f"key {n}")
+    return table

@@ -29,6 +29,7 @@ import pytest
 from daphne.server import Server
 
 from realtime.layers import ChannelQueue
+from tests.helpers import emptied
 
 
 class Protocol:
@@ -339,24 +340,13 @@ async def test_a_closed_websocket_is_freed_without_the_collector(server):
             gc.enable()
 
 
-def grown_and_emptied(table: dict, keep: int) -> dict:
-    """`table` with 10,000 more entries, then all but `keep` of them gone again."""
-    for n in range(10_000):
-        table[n] = n
-    for n in range(keep, 10_000):
-        del table[n]
-    return table
-
-
 async def test_its_tables_are_rebuilt_for_what_they_hold_at_the_trim(server, monkeypatch):
     """Fix 13: after a wave of 10,000 connections, Daphne's map of connections, the set of those
     due for the checker, and the reactor's maps of readers and writers are rebuilt, smaller, with
     what they still hold; the checker goes on working on the new ones."""
     from realtime import daphne_fixes
 
-    reactor = types.SimpleNamespace(
-        _readers=grown_and_emptied({}, 2), _writers=grown_and_emptied({}, 0)
-    )
+    reactor = types.SimpleNamespace(_readers=emptied({}, keep=2), _writers=emptied({}, keep=0))
     monkeypatch.setitem(sys.modules, "twisted.internet.reactor", reactor)
     kept = connect(server, "hangs")
     wave = [connect(server, "finishes") for _ in range(10_000)]

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from realtime import memory, watch
+from tests.helpers import emptied
 
 pytestmark = pytest.mark.skipif(memory._malloc_trim is None, reason="needs glibc's malloc_trim")
 
@@ -205,18 +206,6 @@ async def test_the_trim_compacts_every_registered_table_even_when_one_fails(monk
     memory.Trimmer()._trim(asyncio.get_running_loop(), 0)
     assert ran == [True]
     assert "could not compact the tables of" in caplog.text and "broken" in caplog.text
-
-
-def emptied(table, keep: int = 3):
-    """`table` (a set or dict) grown to 10,000 entries, then emptied but for `keep`."""
-    for n in range(10_000):
-        if isinstance(table, dict):
-            table[f"key {n}"] = n
-        else:
-            table.add(f"key {n}")
-    for n in range(keep, 10_000):
-        (table.pop if isinstance(table, dict) else table.discard)(f"key {n}")
-    return table
 
 
 def test_a_compacted_table_keeps_its_entries_and_kind_in_a_table_sized_for_them():
